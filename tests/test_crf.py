@@ -1,0 +1,335 @@
+"""The CRF against brute-force enumeration of every path, worked examples, and gradcheck."""
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
+from spacy_bilstm_crf.crf import _LogPartition, _scaled_forward
+from spacy_bilstm_crf.tags import Constraints, is_valid
+
+NEG_INF = float("-inf")
+
+
+def brute_force(crf: CRF, emissions: torch.Tensor, length: int, fixed=None):
+    """Every path of one sequence: (log Z, best path, best score, marginals (T, K)).
+
+    `fixed[t]` is a set of allowed tags at step t (None: all), for partial labels.
+    """
+    trans, start, end = (s.detach().double() for s in crf._scores(torch.float64))
+    e = emissions.detach().double()
+    scores, paths = [], []
+    for path in itertools.product(range(crf.num_tags), repeat=length):
+        if fixed is not None and any(tag not in fixed[t] for t, tag in enumerate(path)):
+            continue
+        score = start[path[0]] + end[path[-1]] + sum(e[t, tag] for t, tag in enumerate(path))
+        score = score + sum(trans[a, b] for a, b in zip(path, path[1:]))
+        scores.append(float(score))
+        paths.append(path)
+    finite = [s for s in scores if s > NEG_INF]
+    if not finite:
+        return NEG_INF, None, NEG_INF, None
+    log_z = max(finite) + math.log(sum(math.exp(s - max(finite)) for s in finite))
+    best = max(range(len(scores)), key=lambda i: scores[i])
+    marg = torch.zeros(length, crf.num_tags, dtype=torch.float64)
+    for score, path in zip(scores, paths):
+        for t, tag in enumerate(path):
+            marg[t, tag] += math.exp(score - log_z)
+    return log_z, list(paths[best]), scores[best], marg
+
+
+def random_constraints(rng: random.Random, k: int) -> Constraints | None:
+    """None, random bools, or BIO constraints when k is odd."""
+    kind = rng.choice(["none", "random", "bio"])
+    if kind == "none":
+        return None
+    if kind == "bio" and k % 2 == 1:
+        labels = [f"L{i}" for i in range(k // 2)]
+        return allowed_transitions(tag_names(labels), "BIO")
+    moves = [[rng.random() < 0.7 for _ in range(k)] for _ in range(k)]
+    start = [rng.random() < 0.7 for _ in range(k)]
+    end = [rng.random() < 0.7 for _ in range(k)]
+    start[rng.randrange(k)] = end[rng.randrange(k)] = True
+    return Constraints(moves, start, end)
+
+
+def random_case(seed: int, scale: float = 1.0) -> tuple[CRF, torch.Tensor, torch.Tensor, list[int]]:
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    k, steps, batch = rng.randint(1, 5), rng.randint(0, 6), rng.randint(1, 4)
+    lengths = [rng.randint(0, steps) for _ in range(batch)]
+    crf = CRF(k, random_constraints(rng, k)).double()
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(batch, steps, k, dtype=torch.float64) * scale
+    mask = torch.arange(steps).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return crf, emissions, mask, lengths
+
+
+def assert_close(actual: float, expected: float) -> None:
+    if expected == NEG_INF:
+        assert actual == NEG_INF
+    else:
+        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_log_partition_marginals_and_viterbi_match_brute_force(scale: float) -> None:
+    for seed in range(150):
+        crf, emissions, mask, lengths = random_case(seed, scale)
+        log_z = crf.log_partition(emissions, mask).detach()
+        marginals = crf.marginals(emissions, mask)
+        paths, scores = crf.decode(emissions, mask)
+        best_paths = CRF.to_lists(paths, mask)
+        for b, length in enumerate(lengths):
+            if length == 0:
+                assert log_z[b] == 0 and scores[b] == 0 and best_paths[b] == []
+                assert marginals[b].abs().sum() == 0
+                continue
+            exp_z, exp_path, exp_score, exp_marg = brute_force(crf, emissions[b], length)
+            assert_close(float(log_z[b]), exp_z)
+            assert_close(float(scores[b]), exp_score)
+            if exp_marg is None:
+                continue
+            padded = best_paths[b] + [0] * (emissions.shape[1] - length)
+            path_score = crf.score(emissions[b : b + 1], torch.tensor([padded]), mask[b : b + 1])
+            assert float(path_score.detach()) == pytest.approx(exp_score)
+            assert torch.allclose(marginals[b, :length], exp_marg, atol=1e-9)
+            assert marginals[b, length:].abs().sum() == 0
+
+
+def test_nll_with_partial_labels_and_candidates_matches_brute_force() -> None:
+    for seed in range(150):
+        crf, emissions, mask, lengths = random_case(seed)
+        rng = random.Random(seed)
+        k = crf.num_tags
+        tags = torch.full(mask.shape, -1, dtype=torch.long)
+        candidates = torch.rand(emissions.shape, generator=torch.Generator().manual_seed(seed))
+        candidates = candidates < 0.6
+        fixed_sets = []
+        for b, length in enumerate(lengths):
+            sets = []
+            for t in range(length):
+                if rng.random() < 0.5:
+                    tags[b, t] = rng.randrange(k)
+                    sets.append({int(tags[b, t])})
+                else:
+                    sets.append({j for j in range(k) if candidates[b, t, j]})
+            fixed_sets.append(sets)
+        for use_candidates in (False, True):
+            nll = crf.nll(emissions, tags, mask, candidates if use_candidates else None)
+            for b, length in enumerate(lengths):
+                if length == 0:
+                    assert nll[b] == 0
+                    continue
+                sets = fixed_sets[b]
+                if not use_candidates:
+                    sets = [
+                        s if int(tags[b, t]) >= 0 else set(range(k)) for t, s in enumerate(sets)
+                    ]
+                log_z = brute_force(crf, emissions[b], length)[0]
+                log_z_obs = brute_force(crf, emissions[b], length, sets)[0]
+                if log_z_obs == NEG_INF:
+                    assert nll[b] == float("inf")
+                else:
+                    assert float(nll[b].detach()) == pytest.approx(
+                        log_z - log_z_obs, rel=1e-9, abs=1e-9
+                    )
+
+
+def test_fully_observed_nll_is_log_z_minus_path_score() -> None:
+    for seed in range(100):
+        crf, emissions, mask, lengths = random_case(seed)
+        paths, _ = crf.decode(emissions, mask)
+        tags = paths.clamp(min=0)
+        nll = crf.nll(emissions, tags, mask)
+        for b, length in enumerate(lengths):
+            if length == 0:
+                continue
+            log_z, _, best, _ = brute_force(crf, emissions[b], length)
+            if log_z > NEG_INF:
+                assert float(nll[b]) == pytest.approx(log_z - best, rel=1e-9, abs=1e-9)
+
+
+def tutorial_crf(transitions: list[list[float]]) -> CRF:
+    """The tutorials' convention: start scores are row 0, end scores are column 1."""
+    trans = torch.tensor(transitions, dtype=torch.float64)
+    crf = CRF(trans.shape[0]).double()
+    with torch.no_grad():
+        crf.transitions.copy_(trans)
+        crf.start_transitions.copy_(trans[0])
+        crf.end_transitions.copy_(trans[:, 1])
+    return crf
+
+
+def test_tutorial_log_partition() -> None:
+    crf = tutorial_crf([[0.3, 0.1, 0.1], [0.8, 0.2, 0.2], [0.3, 0.7, 0.7]])
+    emissions = torch.tensor(
+        [[[-0.4554, 0.4215, 0.12], [0.4058, -0.5081, 0.21], [0.2058, 0.5081, 0.02]]],
+        dtype=torch.float64,
+    )
+    assert float(crf.log_partition(emissions)) == pytest.approx(5.0607, abs=1e-4)
+
+
+def test_tutorial_viterbi() -> None:
+    crf = tutorial_crf(
+        [
+            [-1e4, -9.3, 0.6, 0.1, 0.6],
+            [-1e4, -1e4, -1e4, -1e4, -1e4],
+            [-1e4, -2, -6, 0.9, 0.1],
+            [-1e4, 0.2, -4, -5, 0.3],
+            [-1e4, 0.5, 0.3, -6, 0.2],
+        ]
+    )
+    emissions = torch.tensor(
+        [
+            [
+                [-0.2196, -1.4047, 0.9992, 0.1948, 0.11],
+                [-0.2401, 0.4565, 0.3464, -0.1856, 0.2622],
+                [-0.3361, 0.1828, -0.3463, -0.2874, 0.2696],
+            ]
+        ],
+        dtype=torch.float64,
+    )
+    paths, scores = crf.decode(emissions)
+    assert paths.tolist() == [[2, 3, 4]]
+    assert float(scores) == pytest.approx(3.3832, abs=1e-4)
+
+
+def test_gradients_match_finite_differences() -> None:
+    for seed in range(12):
+        crf, emissions, mask, lengths = random_case(seed)
+        tags = torch.randint(0, crf.num_tags, mask.shape)
+        tags[torch.rand(mask.shape) < 0.3] = -1
+        params = {name: p.detach().clone() for name, p in crf.named_parameters()}
+        names = list(params)
+
+        def nll(e, *values, tags=tags):
+            out = functional_call(crf, dict(zip(names, values)), (e, tags, mask))
+            return out.masked_fill(~torch.isfinite(out), 0.0)
+
+        inputs = (emissions.requires_grad_(),) + tuple(v.requires_grad_() for v in params.values())
+        assert torch.autograd.gradcheck(nll, inputs)
+        raw = [v.detach().clone().requires_grad_() for v in params.values()]
+        assert torch.autograd.gradcheck(
+            lambda e, trans, start, end: _LogPartition.apply(e, trans, start, end, mask),
+            (emissions, *raw),
+        )
+
+
+def test_underflowing_rows_take_the_log_space_path() -> None:
+    labels = ["A", "B"]
+    crf = CRF(5, allowed_transitions(tag_names(labels), "BIO")).double()
+    emissions = torch.zeros(2, 3, 5, dtype=torch.float64)
+    emissions[1, 0, 1] = 2000.0  # B-A first, then I-A wins by far only after B-A
+    emissions[1, 1, 2] = 2000.0
+    trans, start, end = (s.detach() for s in crf._scores(torch.float64))
+    state = _scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
+    assert state.bad.tolist() == [False, False]
+    emissions[1, 0, 1] = -2000.0
+    state = _scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
+    assert state.bad.tolist() == [False, True]
+    exp_z = brute_force(crf, emissions[1], 3)[0]
+    assert float(crf.log_partition(emissions)[1]) == pytest.approx(exp_z, rel=1e-12)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_long_sequences_with_huge_emissions_stay_finite(constrained: bool) -> None:
+    torch.manual_seed(0)
+    tags = tag_names(["PER", "ORG", "LOC", "MISC"])
+    crf = CRF(len(tags), allowed_transitions(tags, "BIO") if constrained else None)
+    emissions = (torch.randn(2, 5000, len(tags)) * 1e3).requires_grad_()
+    mask = torch.ones(2, 5000, dtype=torch.bool)
+    mask[1, 3000:] = False
+    gold = torch.zeros(2, 5000, dtype=torch.long)
+    gold[:, 100:2000] = -1
+    loss = crf.nll(emissions, gold, mask)
+    assert torch.isfinite(loss).all() and (loss >= 0).all()
+    loss.sum().backward()
+    assert torch.isfinite(emissions.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in crf.parameters())
+    paths, scores = crf.decode(emissions, mask)
+    assert torch.isfinite(scores).all()
+    for path in CRF.to_lists(paths, mask):
+        assert is_valid([tags[i] for i in path]) or not constrained
+    marginals = crf.marginals(emissions, mask)
+    assert torch.allclose(marginals.sum(-1), mask.float(), atol=1e-4)
+
+
+def test_bio_constraints_hold_whatever_the_emissions() -> None:
+    tags = tag_names(["PER", "ORG", "LOC"])
+    crf = CRF(len(tags), allowed_transitions(tags, "BIO"))
+    with torch.no_grad():
+        crf.transitions.normal_(0, 50)
+        crf.start_transitions.normal_(0, 50)
+    for seed in range(50):
+        torch.manual_seed(seed)
+        emissions = torch.randn(8, 12, len(tags)) * 10 ** (seed % 4)
+        emissions[:, :, 2::2] += 100.0  # push hard towards I- tags
+        mask = torch.arange(12).unsqueeze(0) < torch.randint(0, 13, (8, 1))
+        paths, _ = crf.decode(emissions, mask)
+        for path in CRF.to_lists(paths, mask):
+            assert is_valid([tags[i] for i in path])
+        marginals = crf.marginals(emissions, mask)
+        assert marginals[:, 0, 2::2].abs().max() == 0  # never start with I-
+
+
+def test_forbidden_moves_stay_forbidden_after_training() -> None:
+    tags = tag_names(["PER"])
+    crf = CRF(len(tags), allowed_transitions(tags, "BIO"))
+    optimizer = torch.optim.SGD(crf.parameters(), lr=1.0)
+    emissions = torch.zeros(1, 2, 3)
+    for _ in range(20):
+        optimizer.zero_grad()
+        crf.nll(emissions, torch.tensor([[0, 2]]), None)  # O then I-PER: forbidden
+        loss = crf.nll(emissions, torch.tensor([[1, 2]]))
+        loss.sum().backward()
+        optimizer.step()
+    marginals = crf.marginals(torch.zeros(1, 2, 3))
+    assert marginals[0, 0, 2] == 0
+    assert float(crf.nll(emissions, torch.tensor([[0, 2]]))) == float("inf")
+
+
+def test_float32_and_float64_agree() -> None:
+    crf, emissions, mask, _ = random_case(3)
+    crf32 = CRF(crf.num_tags)
+    crf32.load_state_dict({k: v.float() for k, v in crf.state_dict().items()})
+    assert torch.allclose(
+        crf32.log_partition(emissions.float(), mask).double(),
+        crf.log_partition(emissions, mask),
+        atol=1e-4,
+    )
+
+
+def test_bad_input_is_named() -> None:
+    crf = CRF(3)
+    with pytest.raises(ValueError, match="emissions must have shape"):
+        crf.log_partition(torch.zeros(2, 4, 5))
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        crf.log_partition(torch.zeros(2, 4, 3), torch.ones(2, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="left-aligned"):
+        crf.log_partition(torch.zeros(1, 3, 3), torch.tensor([[False, True, True]]))
+    with pytest.raises(ValueError, match="out of range"):
+        crf.nll(torch.zeros(1, 2, 3), torch.tensor([[0, 3]]))
+    with pytest.raises(TypeError, match="floating point"):
+        crf.decode(torch.zeros(1, 2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="no start or no end"):
+        CRF(2, Constraints([[True, True]] * 2, [False, False], [True, True]))
+    with pytest.raises(ValueError, match="Unknown tag scheme"):
+        allowed_transitions(["O"], "IOBX")
+
+
+def test_biluo_constraints() -> None:
+    tags = tag_names(["X"], "BILUO")
+    assert tags == ["O", "B-X", "I-X", "L-X", "U-X"]
+    assert is_valid(["B-X", "I-X", "L-X", "U-X", "O"], "BILUO")
+    assert not is_valid(["B-X", "O"], "BILUO")
+    assert not is_valid(["I-X"], "BILUO")
+    assert not is_valid(["B-X"], "BILUO")
+    assert not is_valid(["O", "I-X"], "BIO")
+    assert is_valid(["B-X", "I-X"], "BIO")
