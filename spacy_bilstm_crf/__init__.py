@@ -1,6 +1,24 @@
-"""spacy-bilstm-crf: a BiLSTM-CRF named-entity tagger for spaCy pipelines."""
+"""spacy-bilstm-crf: a BiLSTM-CRF named-entity tagger for spaCy pipelines.
 
+Importing registers the `bilstm_crf` factory and the architectures; spaCy also finds them
+through entry points, so `nlp.add_pipe("bilstm_crf")` needs no import.
+"""
+
+from .bilstm import BiLSTMTagger
 from .crf import CRF
+from .features import build_word_char_embed
+from .model import build_bilstm_crf
+from .pipe import BiLSTMCRFTagger, make_bilstm_crf
 from .tags import Constraints, allowed_transitions, tag_names
 
-__all__ = ["CRF", "Constraints", "allowed_transitions", "tag_names"]
+__all__ = [
+    "CRF",
+    "BiLSTMCRFTagger",
+    "BiLSTMTagger",
+    "Constraints",
+    "allowed_transitions",
+    "build_bilstm_crf",
+    "build_word_char_embed",
+    "make_bilstm_crf",
+    "tag_names",
+]

@@ -1,0 +1,269 @@
+"""The thinc architecture `spacy-bilstm-crf.BiLSTMCRF.v1`, and the CRF operations on its output.
+
+Data flow: `tok2vec` (Docs -> token vectors), cut into segments (see `segments.py`), then a
+PyTorch `BiLSTMTagger` behind thinc's `PyTorchWrapper` (vectors -> emission scores per
+segment). The CRF lives inside that torch module; `crf_loss`, `crf_decode` and
+`crf_span_probs` are the only code that reaches it, so the pipe never does CRF maths.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v2, torch2xp, xp2torch
+from thinc.types import Floats2d, Ints1d
+
+from .bilstm import BiLSTMTagger
+from .crf import CRF
+from .segments import segment_lengths
+from .tags import allowed_transitions
+
+
+@registry.architectures("spacy-bilstm-crf.BiLSTMCRF.v1")
+def build_bilstm_crf(
+    tok2vec: Model[list[Doc], list[Floats2d]],
+    hidden_width: int = 256,
+    depth: int = 1,
+    dropout: float = 0.25,
+    max_length: int = 256,
+    nO: int | None = None,
+) -> Model[list[Doc], list[Floats2d]]:
+    """Token vectors from `tok2vec` -> BiLSTM -> emission scores, one array per segment.
+
+    `hidden_width` is the BiLSTM output width (both directions), `depth` its layers, `dropout`
+    the rate on its input, between layers and on its output. Docs longer than `max_length`
+    tokens are cut at sentence starts (else into windows). The tag count `nO` and the tag
+    names are set by the pipe before `initialize`.
+    """
+    tagger: Model[list[Floats2d], list[Floats2d]] = Model(
+        "bilstm_tagger",
+        _tagger_forward,
+        init=_tagger_init,
+        dims={"nI": None, "nO": nO},
+        attrs={
+            "hidden_width": hidden_width,
+            "depth": depth,
+            "dropout": dropout,
+            "tag_names": None,
+            "scheme": "BIO",
+        },
+    )
+    return Model(
+        "bilstm_crf",
+        _forward,
+        init=_init,
+        layers=[tok2vec, tagger],
+        refs={"tok2vec": tok2vec, "tagger": tagger},
+        dims={"nO": nO},
+        attrs={"max_length": max_length},
+    )
+
+
+def set_tags(model: Model, tag_names: Sequence[str], scheme: str = "BIO") -> None:
+    """Tell the model its tags before it is built (initialize or load)."""
+    tagger = model.get_ref("tagger")
+    if is_built(model) and list(tagger.attrs["tag_names"]) != list(tag_names):
+        raise ValueError(
+            f"The model was built for tags {tagger.attrs['tag_names']}, not {list(tag_names)}: "
+            "labels cannot change after initialization."
+        )
+    tagger.attrs["tag_names"] = list(tag_names)
+    tagger.attrs["scheme"] = scheme
+    for node in (model, tagger):
+        node.set_dim("nO", len(tag_names), force=True)
+
+
+def build(model: Model, input_width: int) -> None:
+    """Create the PyTorch module for `input_width`-wide vectors (tags must be set)."""
+    tagger = model.get_ref("tagger")
+    tagger.set_dim("nI", input_width, force=not is_built(model))
+    tagger.initialize()
+
+
+def is_built(model: Model) -> bool:
+    """Whether the PyTorch module exists (after initialize or build)."""
+    return bool(model.get_ref("tagger").layers)
+
+
+def input_width(model: Model) -> int:
+    """Width of the vectors the BiLSTM reads."""
+    return model.get_ref("tagger").get_dim("nI")
+
+
+def doc_segments(model: Model, docs: Sequence[Doc]) -> list[list[int]]:
+    """The segment lengths of each doc, as the model cuts them."""
+    return [segment_lengths(doc, model.attrs["max_length"]) for doc in docs]
+
+
+def _init(model: Model, X: list[Doc] | None = None, Y: Any = None) -> None:
+    tok2vec = model.get_ref("tok2vec")
+    tok2vec.initialize(X=X)
+    if tok2vec.has_dim("nO"):
+        width = tok2vec.get_dim("nO")
+    elif X:
+        width = next(v.shape[1] for v in tok2vec.predict(X))
+    else:
+        raise ValueError("Cannot infer the tok2vec width: initialize with sample docs.")
+    build(model, width)
+
+
+def _forward(
+    model: Model, docs: list[Doc], is_train: bool
+) -> tuple[list[Floats2d], Callable[[list[Floats2d]], Any]]:
+    tok2vec, tagger = model.get_ref("tok2vec"), model.get_ref("tagger")
+    vectors, backprop_vectors = tok2vec(docs, is_train)
+    lengths = doc_segments(model, docs)
+    pieces = [
+        piece
+        for array, sizes in zip(vectors, lengths)
+        for piece in model.ops.unflatten(array, model.ops.asarray1i(sizes))
+    ]
+    emissions, backprop_emissions = tagger(pieces, is_train)
+
+    def backprop(d_emissions: list[Floats2d]) -> Any:
+        d_pieces = backprop_emissions(d_emissions)
+        d_vectors, start = [], 0
+        for array, sizes in zip(vectors, lengths):
+            own = d_pieces[start : start + len(sizes)]
+            start += len(sizes)
+            d_vectors.append(model.ops.flatten(own) if own else model.ops.alloc2f(*array.shape))
+        return backprop_vectors(d_vectors)
+
+    return emissions, backprop
+
+
+def _tagger_init(model: Model, X: Any = None, Y: Any = None) -> None:
+    if model.layers:
+        return
+    tags = model.attrs["tag_names"]
+    if not tags:
+        raise ValueError("The BiLSTM-CRF model has no tags: the pipe sets them before init.")
+    module = BiLSTMTagger(
+        input_size=model.get_dim("nI"),
+        hidden_size=model.attrs["hidden_width"],
+        num_tags=len(tags),
+        depth=model.attrs["depth"],
+        dropout=model.attrs["dropout"],
+        allowed=allowed_transitions(tags, model.attrs["scheme"]),
+    )
+    wrapper = PyTorchWrapper_v2(
+        module, convert_inputs=_convert_inputs, convert_outputs=_convert_outputs
+    )
+    model._layers.append(wrapper)
+
+
+def _tagger_forward(
+    model: Model, pieces: list[Floats2d], is_train: bool
+) -> tuple[list[Floats2d], Callable]:
+    if not pieces:
+        return [], lambda d_emissions: []
+    return model.layers[0](pieces, is_train)
+
+
+def _convert_inputs(
+    model: Model, pieces: list[Floats2d], is_train: bool
+) -> tuple[ArgsKwargs, Callable[[ArgsKwargs], list[Floats2d]]]:
+    sizes = model.ops.asarray1i([len(piece) for piece in pieces])
+    device = model.shims[0].device
+    tokens = xp2torch(model.ops.flatten(pieces), requires_grad=is_train, device=device)
+    lengths = torch.as_tensor(sizes.tolist(), dtype=torch.long)
+
+    def backprop(d_inputs: ArgsKwargs) -> list[Floats2d]:
+        return model.ops.unflatten(torch2xp(d_inputs.args[0]), sizes)
+
+    return ArgsKwargs(args=(tokens, lengths), kwargs={}), backprop
+
+
+def _convert_outputs(
+    model: Model, inputs_outputs: tuple[list[Floats2d], torch.Tensor], is_train: bool
+) -> tuple[list[Floats2d], Callable[[list[Floats2d]], ArgsKwargs]]:
+    pieces, scores = inputs_outputs
+    sizes = model.ops.asarray1i([len(piece) for piece in pieces])
+    emissions = model.ops.unflatten(torch2xp(scores), sizes)
+
+    def backprop(d_emissions: list[Floats2d]) -> ArgsKwargs:
+        d_scores = xp2torch(model.ops.flatten(d_emissions), device=scores.device)
+        return ArgsKwargs(args=(scores,), kwargs={"grad_tensors": d_scores})
+
+    return emissions, backprop
+
+
+def torch_module(model: Model) -> BiLSTMTagger:
+    """The PyTorch module inside the built model (the one place that reaches into the shim)."""
+    if not is_built(model):
+        raise ValueError("The BiLSTM-CRF model is not initialized yet.")
+    return model.get_ref("tagger").layers[0].shims[0]._model
+
+
+def crf_loss(
+    model: Model, emissions: list[Floats2d], tags: list[Ints1d]
+) -> tuple[float, list[Floats2d]]:
+    """Summed CRF negative log-likelihood and its gradient per segment.
+
+    Tags are ids, `-1` where unknown (trained as a partial label). The gradient of the CRF's
+    own parameters is left on them, for the shim's `finish_update` to apply.
+    """
+    crf = torch_module(model).crf
+    scores, mask = _pad(model, emissions, crf)
+    scores.requires_grad_(True)
+    gold = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+    gold[mask] = xp2torch(model.ops.xp.concatenate(tags), device=mask.device).long()
+    loss = crf.nll(scores, gold, mask).sum()
+    loss.backward()
+    d_scores = torch2xp(scores.grad[mask])
+    return loss.detach().item(), model.ops.unflatten(d_scores, _sizes(model, emissions))
+
+
+def crf_decode(model: Model, emissions: list[Floats2d]) -> list[list[int]]:
+    """The Viterbi tag ids of each segment."""
+    if not emissions:
+        return []
+    crf = torch_module(model).crf
+    scores, mask = _pad(model, emissions, crf)
+    paths, _ = crf.decode(scores, mask)
+    return CRF.to_lists(paths, mask)
+
+
+def crf_span_probs(
+    model: Model, emissions: list[Floats2d], spans: Sequence[tuple[int, int, int, Sequence[int]]]
+) -> list[float]:
+    """The CRF probability that each span is exactly what was predicted.
+
+    A span is `(segment, start, end, tag_ids)`: tokens `start..end-1` of one segment have
+    `tag_ids[:-1]` and the token after them, if any, is not `tag_ids[-1]` (which would continue
+    the entity). The probability sums over every such path: one batched constrained forward
+    pass for all spans.
+    """
+    if not spans:
+        return []
+    crf = torch_module(model).crf
+    segments = [emissions[segment] for segment, *_ in spans]
+    scores, mask = _pad(model, segments, crf)
+    allowed = torch.ones_like(scores, dtype=torch.bool)
+    for row, (_, start, end, tag_ids) in enumerate(spans):
+        allowed[row, start:end] = False
+        allowed[row, torch.arange(start, end), torch.as_tensor(tag_ids[:-1])] = True
+        if end < mask.shape[1]:
+            allowed[row, end, tag_ids[-1]] = False
+    unknown = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+    with torch.no_grad():
+        nll = crf.nll(scores, unknown, mask, allowed.to(mask.device))
+    return torch.exp(-nll).tolist()
+
+
+def _sizes(model: Model, arrays: Sequence[Floats2d]) -> Ints1d:
+    return model.ops.asarray1i([len(array) for array in arrays])
+
+
+def _pad(model: Model, arrays: Sequence[Floats2d], crf: CRF) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch-first padded scores `(B, T, K)` on the CRF's device, and their mask `(B, T)`."""
+    device = crf.transitions.device
+    lengths = torch.as_tensor([len(array) for array in arrays], device=device)
+    steps = int(lengths.max()) if len(arrays) else 0
+    mask = lengths.unsqueeze(1) > torch.arange(steps, device=device)  # shape: (B, T)
+    flat = xp2torch(model.ops.flatten(list(arrays)), device=device).float()  # shape: (N, K)
+    scores = flat.new_zeros(len(arrays), steps, crf.num_tags)  # shape: (B, T, K)
+    scores[mask] = flat
+    return scores, mask
