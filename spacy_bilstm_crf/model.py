@@ -190,6 +190,12 @@ def _convert_outputs(
     return emissions, backprop
 
 
+def use_one_thread() -> None:
+    """Run torch on one thread: its thread pool does not survive `fork` (as in `nlp.pipe`
+    with `n_process`), and workers that use it hang. torch's own DataLoader does the same."""
+    torch.set_num_threads(1)
+
+
 def torch_module(model: Model) -> BiLSTMTagger:
     """The PyTorch module inside the built model (the one place that reaches into the shim)."""
     if not is_built(model):

@@ -1,5 +1,6 @@
 """The `bilstm_crf` pipeline component: a trainable BiLSTM-CRF entity tagger writing `doc.ents`."""
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
@@ -109,6 +110,7 @@ class BiLSTMCRFTagger(TrainablePipe):
             "confidence": confidence,
             "spans_key": spans_key,
         }
+        self._pid = os.getpid()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -141,6 +143,9 @@ class BiLSTMCRFTagger(TrainablePipe):
         """Viterbi tag ids per doc (and entity probabilities with `confidence`)."""
         docs = list(docs)
         self._require_built()
+        if os.getpid() != self._pid:  # a worker forked by nlp.pipe(n_process=...)
+            bilstm_crf_model.use_one_thread()
+            self._pid = os.getpid()
         emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
         segments = bilstm_crf_model.doc_segments(self.model, docs)
         paths = bilstm_crf_model.crf_decode(self.model, emissions)
