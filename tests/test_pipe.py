@@ -330,3 +330,24 @@ def test_entry_point_keys_equal_registered_names() -> None:
                 assert Language.get_factory_meta(ep.name).factory == ep.name
             else:
                 assert table.get(ep.name) is loaded
+
+
+def test_model_follows_thinc_device(trained: Language) -> None:
+    module = bilstm_crf_model.torch_module(trained.get_pipe("bilstm_crf").model)
+    assert {p.device.type for p in module.parameters()} == {"cpu"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_trains_and_predicts_on_gpu() -> None:
+    spacy.require_gpu()
+    try:
+        nlp = make_nlp()
+        examples = examples_for(nlp)
+        optimizer = nlp.initialize(lambda: examples)
+        for _ in range(60):
+            nlp.update(examples, sgd=optimizer)
+        module = bilstm_crf_model.torch_module(nlp.get_pipe("bilstm_crf").model)
+        assert {p.device.type for p in module.parameters()} == {"cuda"}
+        assert ents(nlp("Shaka Khan lives in Berlin.")) == [(0, 10, "PERSON"), (20, 26, "LOC")]
+    finally:
+        spacy.require_cpu()
