@@ -27,7 +27,7 @@ def build_bilstm_crf(
     hidden_width: int = 256,
     depth: int = 1,
     dropout: float = 0.25,
-    max_length: int = 256,
+    max_length: int = 512,
     nO: int | None = None,
 ) -> Model[list[Doc], list[Floats2d]]:
     """Token vectors from `tok2vec` -> BiLSTM -> emission scores, one array per segment.

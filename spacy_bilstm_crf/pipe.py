@@ -29,7 +29,7 @@ default_model_config = """
 hidden_width = 256
 depth = 1
 dropout = 0.25
-max_length = 256
+max_length = 512
 
 [model.tok2vec]
 @architectures = "spacy-bilstm-crf.WordCharEmbed.v1"
@@ -207,10 +207,13 @@ class BiLSTMCRFTagger(TrainablePipe):
         examples = list(examples)
         validate_examples(examples, "BiLSTMCRFTagger.get_loss")
         segments = bilstm_crf_model.doc_segments(self.model, [eg.predicted for eg in examples])
+        restart = self._restart_ids()
         gold = []
         for eg, lengths in zip(examples, segments):
-            ids = self._gold_ids(eg)
-            gold.extend(self.model.ops.asarray1i(piece) for piece in split_by(ids, lengths))
+            for piece in split_by(self._gold_ids(eg), lengths):
+                # An entity cut by a segment boundary restarts there, as it does in prediction.
+                piece[0] = restart.get(piece[0], piece[0])
+                gold.append(self.model.ops.asarray1i(piece))
         loss, d_scores = bilstm_crf_model.crf_loss(self.model, scores, gold)
         if not numpy.isfinite(loss):
             raise ValueError(
@@ -312,6 +315,11 @@ class BiLSTMCRFTagger(TrainablePipe):
                     f"the component's labels {self.labels}: add it before initialization."
                 )
         return ids
+
+    def _restart_ids(self) -> dict[int, int]:
+        """Map each `I-X` tag id to the `B-X` id."""
+        names = self.tag_names
+        return {i: names.index(f"B-{name[2:]}") for i, name in enumerate(names) if name[:2] == "I-"}
 
     def _span_probs(
         self, emissions: list[Floats2d], segments: list[list[int]], paths: list[list[int]]

@@ -351,3 +351,13 @@ def test_trains_and_predicts_on_gpu() -> None:
         assert ents(nlp("Shaka Khan lives in Berlin.")) == [(0, 10, "PERSON"), (20, 26, "LOC")]
     finally:
         spacy.require_cpu()
+
+
+def test_entity_cut_by_a_window_trains_as_two() -> None:
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bilstm_crf", config={"model": {**SMALL_MODEL["model"], "max_length": 4}})
+    text = "we met Shaka Khan Junior Senior there"
+    example = Example.from_dict(nlp.make_doc(text), {"entities": [(7, 31, "PERSON")]})
+    optimizer = nlp.initialize(lambda: [example])
+    losses = nlp.update([example], sgd=optimizer)
+    assert numpy.isfinite(losses["bilstm_crf"]) and losses["bilstm_crf"] > 0
