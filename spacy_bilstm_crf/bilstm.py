@@ -1,23 +1,32 @@
-"""The BiLSTM half of the tagger: token vectors in, CRF emission scores out. Pure PyTorch.
+"""The recurrent half of the tagger: token vectors in, tag scores out, plus its loss and decoder.
 
-The module owns its CRF, so that every trainable tensor (LSTM, projection and transitions) lives
-in one `nn.Module` and is stepped together by whatever optimizer wraps it.
+Pure PyTorch. The module owns its CRF, so that every trainable tensor (RNN, projection,
+transitions, loss weights) lives in one `nn.Module` and is stepped together by whatever
+optimizer wraps it. Variants from the literature are options: a GRU instead of the LSTM, a
+per-token softmax head instead of the CRF, and the CRF loss plus token cross-entropy combined
+with learned uncertainty weights.
 """
 
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import cross_entropy
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .crf import CRF
 from .tags import Constraints
 
+RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
+HEADS = ("crf", "softmax")
+LOSSES = ("crf", "crf+ce")
+
 
 class BiLSTMTagger(nn.Module):
-    """Packed bidirectional LSTM, a linear layer to tag scores, and a CRF over those scores.
+    """Packed bidirectional RNN, a linear layer to tag scores, and a CRF (or softmax) head.
 
     `forward` takes the tokens of several sequences concatenated, `(N, input_size)`, and their
     lengths (all positive, summing to `N`), and returns emission scores `(N, num_tags)` in the
-    same order. Padding is internal and never reaches the LSTM (packed sequences).
+    same order. Padding is internal and never reaches the RNN (packed sequences). `loss` and
+    `decode` take the scores padded batch-first, `(B, T, K)`, with a bool mask.
     """
 
     def __init__(
@@ -28,12 +37,21 @@ class BiLSTMTagger(nn.Module):
         depth: int = 1,
         dropout: float = 0.0,
         allowed: Constraints | None = None,
+        rnn: str = "lstm",
+        head: str = "crf",
+        loss: str = "crf",
     ) -> None:
         super().__init__()
         if hidden_size % 2:
             raise ValueError(f"hidden_size must be even (two directions), got {hidden_size}.")
+        _check_choice("rnn", rnn, tuple(RNNS))
+        _check_choice("head", head, HEADS)
+        _check_choice("loss", loss, LOSSES)
+        if head == "softmax" and loss != "crf":
+            raise ValueError("loss='crf+ce' needs head='crf'; the softmax head uses cross-entropy.")
+        self.head, self.loss_kind = head, loss
         self.dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(
+        self.rnn = RNNS[rnn](
             input_size,
             hidden_size // 2,
             num_layers=depth,
@@ -43,6 +61,9 @@ class BiLSTMTagger(nn.Module):
         )
         self.projection = nn.Linear(hidden_size, num_tags)
         self.crf = CRF(num_tags, allowed)
+        if loss == "crf+ce":
+            # The s_i of the uncertainty weighting: L_i counts 0.5 / s_i^2 * L_i + log(1 + s_i^2).
+            self.loss_scales = nn.Parameter(torch.ones(2))
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Emission scores for concatenated sequences; `lengths` is a CPU long tensor."""
@@ -54,6 +75,55 @@ class BiLSTMTagger(nn.Module):
         packed = pack_padded_sequence(
             self.dropout(padded), lengths, batch_first=True, enforce_sorted=False
         )
-        hidden, _ = self.lstm(packed)
+        hidden, _ = self.rnn(packed)
         hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=steps)
         return self.projection(self.dropout(hidden[mask]))  # shape: (N, K)
+
+    def loss(self, scores: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """The head's training loss summed over the batch; tags of `-1` are unknown."""
+        if self.head == "softmax":
+            return token_cross_entropy(scores, tags, mask)
+        nll = self.crf.nll(scores, tags, mask).sum()
+        if self.loss_kind == "crf":
+            return nll
+        return uncertainty_weighted(
+            torch.stack([nll, token_cross_entropy(scores, tags, mask)]), self.loss_scales
+        )
+
+    def decode(self, scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Best tag ids `(B, T)` (padded with -1), and whether each row breaks the constraints.
+
+        The CRF decodes within the constraints; the softmax head takes each token's argmax,
+        which can give sequences the tag scheme does not allow (the caller repairs them).
+        """
+        if self.head == "crf":
+            paths, _ = self.crf.decode(scores, mask)
+        else:
+            paths = scores.argmax(-1).masked_fill(~mask, -1)  # shape: (B, T)
+        return paths, ~allowed_paths(self.crf, paths, mask)
+
+
+def allowed_paths(crf: CRF, paths: Tensor, mask: Tensor) -> Tensor:
+    """Whether each padded path `(B, T)` obeys the CRF's constraints, shape `(B,)`."""
+    tags = paths.masked_fill(~mask, 0)  # shape: (B, T)
+    lengths = mask.sum(1)  # shape: (B,)
+    moves = crf.allowed[tags[:, :-1], tags[:, 1:]] | ~mask[:, 1:]  # shape: (B, T - 1)
+    last = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)  # shape: (B,)
+    ends = crf.allowed_start[tags[:, 0]] & crf.allowed_end[last]  # shape: (B,)
+    return moves.all(1) & (ends | (lengths == 0))
+
+
+def token_cross_entropy(scores: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+    """Summed per-token cross-entropy of `scores` `(B, T, K)`, skipping masked and -1 tags."""
+    return cross_entropy(scores[mask], tags[mask], ignore_index=-1, reduction="sum")
+
+
+def uncertainty_weighted(losses: Tensor, scales: Tensor) -> Tensor:
+    """`sum_i 0.5 / s_i^2 * L_i + log(1 + s_i^2)`: losses on different scales, learned weights."""
+    variances = scales.pow(2)  # shape: (n,)
+    return (0.5 * losses / variances + torch.log1p(variances)).sum()
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")

@@ -2,7 +2,7 @@
 
 Data flow: `tok2vec` (Docs -> token vectors), cut into segments (see `segments.py`), then a
 PyTorch `BiLSTMTagger` behind thinc's `PyTorchWrapper` (vectors -> emission scores per
-segment). The CRF lives inside that torch module; `crf_loss`, `crf_decode` and
+segment). The CRF lives inside that torch module; `tagger_loss`, `tagger_decode` and
 `crf_span_probs` are the only code that reaches it, so the pipe never does CRF maths.
 """
 
@@ -28,14 +28,19 @@ def build_bilstm_crf(
     depth: int = 1,
     dropout: float = 0.25,
     max_length: int = 512,
+    rnn: str = "lstm",
+    head: str = "crf",
+    loss: str = "crf",
     nO: int | None = None,
 ) -> Model[list[Doc], list[Floats2d]]:
     """Token vectors from `tok2vec` -> BiLSTM -> emission scores, one array per segment.
 
     `hidden_width` is the BiLSTM output width (both directions), `depth` its layers, `dropout`
     the rate on its input, between layers and on its output. Docs longer than `max_length`
-    tokens are cut at sentence starts (else into windows). The tag count `nO` and the tag
-    names are set by the pipe before `initialize`.
+    tokens are cut at sentence starts (else into windows). Variants: `rnn` "lstm" or "gru";
+    `head` "crf" or "softmax" (per-token argmax, no transitions); `loss` "crf" or "crf+ce"
+    (CRF likelihood plus token cross-entropy, with learned uncertainty weights). The tag count
+    `nO`, the tag names and the scheme are set by the pipe before `initialize`.
     """
     tagger: Model[list[Floats2d], list[Floats2d]] = Model(
         "bilstm_tagger",
@@ -46,6 +51,9 @@ def build_bilstm_crf(
             "hidden_width": hidden_width,
             "depth": depth,
             "dropout": dropout,
+            "rnn": rnn,
+            "head": head,
+            "loss": loss,
             "tag_names": None,
             "scheme": "BIO",
         },
@@ -147,6 +155,9 @@ def _tagger_init(model: Model, X: Any = None, Y: Any = None) -> None:
         depth=model.attrs["depth"],
         dropout=model.attrs["dropout"],
         allowed=allowed_transitions(tags, model.attrs["scheme"]),
+        rnn=model.attrs["rnn"],
+        head=model.attrs["head"],
+        loss=model.attrs["loss"],
     )
     wrapper = PyTorchWrapper_v2(
         module, convert_inputs=_convert_inputs, convert_outputs=_convert_outputs
@@ -203,33 +214,35 @@ def torch_module(model: Model) -> BiLSTMTagger:
     return model.get_ref("tagger").layers[0].shims[0]._model
 
 
-def crf_loss(
+def tagger_loss(
     model: Model, emissions: list[Floats2d], tags: list[Ints1d]
 ) -> tuple[float, list[Floats2d]]:
-    """Summed CRF negative log-likelihood and its gradient per segment.
+    """The head's summed loss (CRF negative log-likelihood by default) and its gradient.
 
-    Tags are ids, `-1` where unknown (trained as a partial label). The gradient of the CRF's
-    own parameters is left on them, for the shim's `finish_update` to apply.
+    Tags are ids, `-1` where unknown (trained as a partial label). The gradient of the
+    module's own head parameters (transitions, loss weights) is left on them, for the shim's
+    `finish_update` to apply.
     """
-    crf = torch_module(model).crf
-    scores, mask = _pad(model, emissions, crf)
+    module = torch_module(model)
+    scores, mask = _pad(model, emissions, module.crf)
     scores.requires_grad_(True)
     gold = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
     gold[mask] = xp2torch(model.ops.xp.concatenate(tags), device=mask.device).long()
-    loss = crf.nll(scores, gold, mask).sum()
+    loss = module.loss(scores, gold, mask)
     loss.backward()
     d_scores = torch2xp(scores.grad[mask])
     return loss.detach().item(), model.ops.unflatten(d_scores, _sizes(model, emissions))
 
 
-def crf_decode(model: Model, emissions: list[Floats2d]) -> list[list[int]]:
-    """The Viterbi tag ids of each segment."""
+def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[list[int]], int]:
+    """The best tag ids of each segment, and how many broke the scheme's constraints."""
     if not emissions:
-        return []
-    crf = torch_module(model).crf
-    scores, mask = _pad(model, emissions, crf)
-    paths, _ = crf.decode(scores, mask)
-    return CRF.to_lists(paths, mask)
+        return [], 0
+    module = torch_module(model)
+    scores, mask = _pad(model, emissions, module.crf)
+    with torch.no_grad():
+        paths, invalid = module.decode(scores, mask)
+    return CRF.to_lists(paths, mask), int(invalid.sum())
 
 
 def crf_span_probs(

@@ -21,7 +21,7 @@ from thinc.types import Floats2d
 
 from . import model as bilstm_crf_model
 from .segments import split_by
-from .tags import split_tag, tag_names
+from .tags import SCHEMES, restart_tags, split_tag, tag_names
 
 default_model_config = """
 [model]
@@ -51,6 +51,7 @@ DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
         "overwrite": False,
         "confidence": False,
         "spans_key": "bilstm_crf",
+        "scheme": "BIO",
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -62,11 +63,13 @@ def make_bilstm_crf(
     overwrite: bool,
     confidence: bool,
     spans_key: str,
+    scheme: str,
     scorer: Callable | None,
 ) -> "BiLSTMCRFTagger":
     """A BiLSTM-CRF entity tagger. `overwrite`: replace entities set by earlier components
     (else keep them and add only non-overlapping ones). `confidence`: also store each predicted
-    entity in `doc.spans[spans_key]` with its CRF probability in `attrs["scores"]`."""
+    entity in `doc.spans[spans_key]` with its CRF probability in `attrs["scores"]`. `scheme`:
+    the tags the model predicts, "BIO" or "BILUO" (`doc.ents` are the same kind either way)."""
     return BiLSTMCRFTagger(
         nlp.vocab,
         model,
@@ -74,6 +77,7 @@ def make_bilstm_crf(
         overwrite=overwrite,
         confidence=confidence,
         spans_key=spans_key,
+        scheme=scheme,
         scorer=scorer,
     )
 
@@ -97,8 +101,11 @@ class BiLSTMCRFTagger(TrainablePipe):
         overwrite: bool = False,
         confidence: bool = False,
         spans_key: str = "bilstm_crf",
+        scheme: str = "BIO",
         scorer: Callable | None = get_ner_prf,
     ) -> None:
+        if scheme not in SCHEMES:
+            raise ValueError(f"[{name}] scheme must be one of {SCHEMES}, got {scheme!r}.")
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -109,8 +116,11 @@ class BiLSTMCRFTagger(TrainablePipe):
             "overwrite": overwrite,
             "confidence": confidence,
             "spans_key": spans_key,
+            "scheme": scheme,
         }
         self._pid = os.getpid()
+        # Decoded sequences, and those the softmax head got wrong before repair.
+        self.decode_stats = {"sequences": 0, "invalid": 0}
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -122,8 +132,8 @@ class BiLSTMCRFTagger(TrainablePipe):
 
     @property
     def tag_names(self) -> list[str]:
-        """`O`, then `B-X`, `I-X` for each label X: the CRF's tags, in order."""
-        return tag_names(self.labels)
+        """`O`, then `B-X`, `I-X` (BILUO: also `L-X`, `U-X`) for each label X, in order."""
+        return tag_names(self.labels, self.cfg["scheme"])
 
     def add_label(self, label: str) -> int:
         if not isinstance(label, str) or not label or label != label.strip():
@@ -148,7 +158,9 @@ class BiLSTMCRFTagger(TrainablePipe):
             self._pid = os.getpid()
         emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
         segments = bilstm_crf_model.doc_segments(self.model, docs)
-        paths = bilstm_crf_model.crf_decode(self.model, emissions)
+        paths, invalid = bilstm_crf_model.tagger_decode(self.model, emissions)
+        self.decode_stats["sequences"] += len(paths)
+        self.decode_stats["invalid"] += invalid
         tags, start = [], 0
         for lengths in segments:
             tags.append([tag for path in paths[start : start + len(lengths)] for tag in path])
@@ -207,14 +219,15 @@ class BiLSTMCRFTagger(TrainablePipe):
         examples = list(examples)
         validate_examples(examples, "BiLSTMCRFTagger.get_loss")
         segments = bilstm_crf_model.doc_segments(self.model, [eg.predicted for eg in examples])
-        restart = self._restart_ids()
+        first, last = restart_tags(self.tag_names, self.cfg["scheme"])
         gold = []
         for eg, lengths in zip(examples, segments):
             for piece in split_by(self._gold_ids(eg), lengths):
                 # An entity cut by a segment boundary restarts there, as it does in prediction.
-                piece[0] = restart.get(piece[0], piece[0])
+                piece[0] = first.get(piece[0], piece[0])
+                piece[-1] = last.get(piece[-1], piece[-1])
                 gold.append(self.model.ops.asarray1i(piece))
-        loss, d_scores = bilstm_crf_model.crf_loss(self.model, scores, gold)
+        loss, d_scores = bilstm_crf_model.tagger_loss(self.model, scores, gold)
         if not numpy.isfinite(loss):
             raise ValueError(
                 f"[{self.name}] The CRF loss is {loss}: a gold tag sequence has no allowed path, "
@@ -243,7 +256,7 @@ class BiLSTMCRFTagger(TrainablePipe):
                 f"[{self.name}] No entity labels found: the training examples have no "
                 "entities and no labels were given (e.g. from `spacy init labels`)."
             )
-        bilstm_crf_model.set_tags(self.model, self.tag_names)
+        bilstm_crf_model.set_tags(self.model, self.tag_names, self.cfg["scheme"])
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample or None)
         self.cfg["input_width"] = bilstm_crf_model.input_width(self.model)
@@ -289,7 +302,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         """Build the model from the saved labels and input width, before loading weights."""
         if not self.labels or self.cfg.get("input_width") is None:
             raise ValueError(f"[{self.name}] The saved config has no labels or input width.")
-        bilstm_crf_model.set_tags(self.model, self.tag_names)
+        bilstm_crf_model.set_tags(self.model, self.tag_names, self.cfg["scheme"])
         bilstm_crf_model.build(self.model, self.cfg["input_width"])
 
     def _require_built(self) -> None:
@@ -303,7 +316,8 @@ class BiLSTMCRFTagger(TrainablePipe):
         """Gold tag ids on the predicted tokens: `-1` where annotation is missing."""
         index = {name: i for i, name in enumerate(self.tag_names)}
         ids = []
-        for tag in biluo_to_iob(example.get_aligned_ner()):
+        tags = example.get_aligned_ner()
+        for tag in biluo_to_iob(tags) if self.cfg["scheme"] == "BIO" else tags:
             if tag is None or tag == "-":
                 ids.append(-1)
             elif tag in index:
@@ -316,11 +330,6 @@ class BiLSTMCRFTagger(TrainablePipe):
                 )
         return ids
 
-    def _restart_ids(self) -> dict[int, int]:
-        """Map each `I-X` tag id to the `B-X` id."""
-        names = self.tag_names
-        return {i: names.index(f"B-{name[2:]}") for i, name in enumerate(names) if name[:2] == "I-"}
-
     def _span_probs(
         self, emissions: list[Floats2d], segments: list[list[int]], paths: list[list[int]]
     ) -> list[list[float]]:
@@ -331,9 +340,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         for doc_index, lengths in enumerate(segments):
             for _ in lengths:
                 for start, end, label in _entities([names[t] for t in paths[segment]]):
-                    begin, inside = names.index(f"B-{label}"), names.index(f"I-{label}")
-                    tags = [begin] + [inside] * (end - start - 1) + [inside]
-                    spans.append((segment, start, end, tags))
+                    spans.append((segment, start, end, _span_tags(names, label, end - start)))
                     owners.append(doc_index)
                 segment += 1
         probs = bilstm_crf_model.crf_span_probs(self.model, emissions, spans)
@@ -344,8 +351,24 @@ class BiLSTMCRFTagger(TrainablePipe):
 
 
 def _entities(tags: list[str]) -> list[tuple[int, int, str]]:
-    """`(start, end, label)` of the entities in a BIO sequence, `end` exclusive."""
-    return [(start, end + 1, label) for label, start, end in tags_to_entities(iob_to_biluo(tags))]
+    """`(start, end, label)` of the entities in BIO or BILUO tags, `end` exclusive.
+
+    Invalid sequences (only the softmax head makes them) are read as spaCy reads IOB: an
+    `I-X` that continues nothing starts an entity.
+    """
+    biluo = iob_to_biluo(biluo_to_iob(tags))
+    return [(start, end + 1, label) for label, start, end in tags_to_entities(biluo)]
+
+
+def _span_tags(names: list[str], label: str, length: int) -> list[int]:
+    """Tag ids of an entity of `length` tokens, then the id that would continue it."""
+    if "U-" + label in names:
+        inside, last = names.index(f"I-{label}"), names.index(f"L-{label}")
+        if length == 1:
+            return [names.index(f"U-{label}"), inside]
+        return [names.index(f"B-{label}")] + [inside] * (length - 2) + [last, inside]
+    inside = names.index(f"I-{label}")
+    return [names.index(f"B-{label}")] + [inside] * (length - 1) + [inside]
 
 
 def _trim_spaces(doc: Doc, start: int, end: int, label: str) -> Span | None:

@@ -105,3 +105,22 @@ def _biluo_start(prefix: str) -> bool:
 
 def _biluo_end(prefix: str) -> bool:
     return prefix in ("O", "L", "U")
+
+
+def restart_tags(tags: Sequence[str], scheme: str = "BIO") -> tuple:
+    """Where a sequence is cut inside an entity, the tags each side must take instead.
+
+    Returns two dicts of tag index -> tag index: for the first tag of a piece (`I-X` -> `B-X`,
+    and in BILUO `L-X` -> `U-X`) and for the last (BILUO only: `B-X` -> `U-X`, `I-X` -> `L-X`).
+    """
+    index = {tag: i for i, tag in enumerate(tags)}
+    first, last = {}, {}
+    for tag, i in index.items():
+        prefix, label = split_tag(tag)
+        if prefix == "I":
+            first[i] = index[f"B-{label}"]
+        if scheme == "BILUO" and prefix == "L":
+            first[i] = index[f"U-{label}"]
+        if scheme == "BILUO" and prefix in ("B", "I"):
+            last[i] = index[f"{'U' if prefix == 'B' else 'L'}-{label}"]
+    return first, last
