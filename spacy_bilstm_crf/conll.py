@@ -5,7 +5,7 @@ the last one (columns separated by tabs or spaces, middle columns are ignored), 
 blank or whitespace-only line between sentences, optional `-DOCSTART-` lines.
 Tags are IOB1 or IOB2 and are always returned as IOB2.
 
-Run `python -m spacy_bilstm_crf.conll INPUT OUTPUT [--n-sents 10] [--scheme auto]`.
+Run `python -m spacy_bilstm_crf.conll INPUT OUTPUT [--n-sents 10] [--scheme auto] [--limit N]`.
 """
 
 import argparse
@@ -245,23 +245,41 @@ def sentences_to_doc(vocab: Vocab, sentences: Sequence[Sentence]) -> Doc:
 
 
 def conll_to_docs(
-    vocab: Vocab, path: PathLike, n_sents: int = 10, scheme: str = "auto"
+    vocab: Vocab,
+    path: PathLike,
+    n_sents: int = 10,
+    scheme: str = "auto",
+    limit: int | None = None,
 ) -> list[Doc]:
-    """Read a CoNLL NER file and group its sentences into Docs."""
+    """Read a CoNLL NER file and group its sentences into Docs.
+
+    limit: keep only the first `limit` sentences (the whole file is still read and checked);
+    the last document is cut there.
+    """
     if n_sents < 1:
         raise ValueError(f"n_sents must be at least 1, got {n_sents}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     path = Path(path)
     sentences = read_conll(path, scheme)
     starts = _group_starts(path, sentences, n_sents)
+    if limit is not None:
+        sentences = sentences[:limit]
+        starts = [start for start in starts if start < limit]
     bounds = zip(starts, starts[1:] + [len(sentences)])
     return [sentences_to_doc(vocab, sentences[start:end]) for start, end in bounds]
 
 
 def convert(
-    input_path: PathLike, output_path: PathLike, n_sents: int = 10, scheme: str = "auto"
+    input_path: PathLike,
+    output_path: PathLike,
+    n_sents: int = 10,
+    scheme: str = "auto",
+    limit: int | None = None,
 ) -> Stats:
-    """Convert a CoNLL NER file to a `.spacy` DocBin and return its counts."""
-    docs = conll_to_docs(Vocab(), input_path, n_sents=n_sents, scheme=scheme)
+    """Convert a CoNLL NER file (its first `limit` sentences) to a `.spacy` DocBin and return
+    its counts."""
+    docs = conll_to_docs(Vocab(), input_path, n_sents=n_sents, scheme=scheme, limit=limit)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     DocBin(docs=docs).to_disk(output_path)
@@ -290,6 +308,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("output", type=Path, help="the .spacy file, or a directory")
     parser.add_argument("--n-sents", type=int, default=10, help="sentences per doc (fallback)")
     parser.add_argument("--scheme", choices=SCHEMES, default="auto", help="input tag scheme")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="convert only the first N sentences of each file"
+    )
     return parser.parse_args(argv)
 
 
@@ -298,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         for source, target in _jobs(args.input, args.output):
-            stats = convert(source, target, n_sents=args.n_sents, scheme=args.scheme)
+            stats = convert(
+                source, target, n_sents=args.n_sents, scheme=args.scheme, limit=args.limit
+            )
             print(f"{source} -> {target}\n{stats}\n")
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -175,6 +175,26 @@ def test_n_sents_grouping(tmp_path: Path) -> None:
     assert [len(doc) for doc in conll_to_docs(Vocab(), path, n_sents=12)] == [24, 24, 2]
 
 
+def test_limit_keeps_first_sentences_and_cuts_last_doc(tmp_path: Path) -> None:
+    path = write(tmp_path, sentences_text(9, docstart_every=4))
+    docs = conll_to_docs(Vocab(), path, limit=6)
+    assert [sents(doc) for doc in docs] == [
+        ["s0 word", "s1 word", "s2 word", "s3 word"],
+        ["s4 word", "s5 word"],
+    ]
+    assert len(conll_to_docs(Vocab(), path, limit=100)) == 3
+    (tmp_path / "data.doc_starts.txt").write_text("0\n2\n7\n", encoding="utf-8")
+    assert [len(doc) for doc in conll_to_docs(Vocab(), path, limit=7)] == [4, 10]
+    with pytest.raises(ValueError, match="limit"):
+        conll_to_docs(Vocab(), path, limit=0)
+
+
+def test_limit_still_checks_the_whole_file(tmp_path: Path) -> None:
+    path = write(tmp_path, sentences_text(3) + "\nbad X-PER\n", "bad.conll")
+    with pytest.raises(ConllFormatError, match=r"bad\.conll, line 10"):
+        conll_to_docs(Vocab(), path, limit=1)
+
+
 def test_sentence_boundaries_preserved(tmp_path: Path) -> None:
     (doc,) = conll_to_docs(Vocab(), write(tmp_path, IOB2))
     assert sents(doc) == ["John Smith met Mary in Paris Berlin .", "Acme Corp Germany"]
@@ -314,6 +334,19 @@ def test_cli_converts_file_and_directory(tmp_path: Path) -> None:
     assert ["sentences", "11"] in rows and ["documents", "3"] in rows and ["tokens", "22"] in rows
     assert ["entities", "6"] in rows
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.spacy", "b.spacy"]
+
+
+def test_cli_limit(tmp_path: Path) -> None:
+    write(tmp_path, sentences_text(30), "a.conll")
+    write(tmp_path, IOB2, "b.conll")
+    result = run_cli(tmp_path, tmp_path / "out", "--limit", "12", "--n-sents", "5")
+    assert result.returncode == 0, result.stderr
+    docs = list(DocBin().from_disk(tmp_path / "out" / "a.spacy").get_docs(Vocab()))
+    assert [len(list(doc.sents)) for doc in docs] == [5, 5, 2]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["sentences", "12"] in rows and ["sentences", "2"] in rows
+    result = run_cli(tmp_path / "a.conll", tmp_path / "a.spacy", "--limit", "0")
+    assert result.returncode == 1 and "limit must be at least 1" in result.stderr
 
 
 def test_cli_reports_malformed_input_without_traceback(tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""Measure a trained pipeline's CPU throughput (words per second) and peak memory.
+
+    python scripts/speed.py PIPELINE DATA.spacy --threads 2 --repeats 3 --output speed.json
+
+The texts of the Docs in DATA.spacy go through `nlp.pipe`, tokenizer included, once to warm
+up and then `--repeats` times. The result is the median words per second of the timed passes.
+The peak resident memory of the process is read from `getrusage`, so it includes loading the
+pipeline. Run both pipelines with the same settings to compare them.
+
+`--threads` sets torch's CPU threads, which the `bilstm_crf` component uses. spaCy's own
+models, such as its `ner`, compute with thinc's NumPy ops, whose matrix products (blis) run on
+one thread.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import spacy
+import torch
+from spacy.tokens import DocBin
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def words_per_second(nlp: spacy.Language, texts: Sequence[str], batch_size: int) -> float:
+    """Run all `texts` through `nlp.pipe` once and return the words (tokens) per second."""
+    start = time.perf_counter()
+    words = sum(len(doc) for doc in nlp.pipe(texts, batch_size=batch_size))
+    return words / (time.perf_counter() - start)
+
+
+def measure(
+    pipeline: Path, data: Path, threads: int, repeats: int, batch_size: int
+) -> dict[str, Any]:
+    """Load `pipeline` and time it on the texts of `data`; return the results."""
+    if threads < 1 or repeats < 1:
+        raise ValueError("threads and repeats must be at least 1")
+    torch.set_num_threads(threads)
+    nlp = spacy.load(pipeline)
+    texts = [doc.text for doc in DocBin().from_disk(data).get_docs(nlp.vocab)]
+    if not texts:
+        raise ValueError(f"{data} has no docs")
+    words_per_second(nlp, texts, batch_size)
+    runs = [words_per_second(nlp, texts, batch_size) for _ in range(repeats)]
+    return {
+        "pipeline": str(pipeline),
+        "data": str(data),
+        "docs": len(texts),
+        "words": sum(len(doc) for doc in nlp.tokenizer.pipe(texts)),
+        "words_per_second": round(statistics.median(runs)),
+        "runs_words_per_second": [round(run) for run in runs],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": threads,
+        "batch_size": batch_size,
+        "cpu": cpu_model(),
+        "spacy": spacy.__version__,
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", type=Path, help="trained pipeline directory")
+    parser.add_argument("data", type=Path, help=".spacy file whose texts are processed")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes after a warm-up")
+    parser.add_argument("--batch-size", type=int, default=64, help="docs per nlp.pipe batch")
+    parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    result = measure(args.pipeline, args.data, args.threads, args.repeats, args.batch_size)
+    print(
+        f"{args.pipeline}: {result['words_per_second']:,} words/s "
+        f"(median of {args.repeats}: {result['runs_words_per_second']}), "
+        f"peak RSS {result['peak_rss_mb']:,} MB, {result['words']:,} words, "
+        f"{result['threads']} thread(s) on {result['cpu']}"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

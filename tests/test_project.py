@@ -1,0 +1,236 @@
+"""The spaCy project: project.yml, configs/ and scripts/, up to a full run of the smoke workflow.
+
+The smoke workflow runs in a copy of the project in a temporary folder, so nothing is written
+into the repository.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import srsly
+from weasel.util import load_project_config
+
+from spacy_bilstm_crf.conll import convert
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONFIGS = ["bilstm_crf", "ner"]
+DATASETS = ["conll2003", "wnut17", "smoke"]
+STEPS = ["convert", "train", "evaluate", "train-ner", "evaluate-ner", "speed", "compare"]
+STEPS += ["plot", "package"]
+SYSTEMS = ["bilstm_crf", "ner"]
+# One thread: the machines that run the tests are often shared, and torch threads that wait
+# for busy cores make training far slower.
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+needs_data = pytest.mark.skipif(not (DATA / "conll2003").is_dir(), reason=f"{DATA} is absent")
+
+
+def run(*args: str | Path, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, **ONE_THREAD}
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_project_yml_is_valid_and_complete() -> None:
+    raw = srsly.read_yaml(REPO / "project.yml")
+    order = ["title", "description", "vars", "directories", "assets", "workflows", "commands"]
+    assert list(raw) == order
+    config = load_project_config(REPO)
+    commands = {command["name"]: command for command in config["commands"]}
+    assert len(commands) == len(config["commands"])
+    for command in commands.values():
+        assert command.get("help") and command.get("script"), command["name"]
+        assert command.get("deps") and command.get("outputs"), command["name"]
+        assert not any("--code" in line for line in command["script"]), command["name"]
+    for dataset in DATASETS:
+        assert config["workflows"][dataset] == [f"{step}-{dataset}" for step in STEPS]
+    assert config["vars"]["data_dir"] == "../shared/data"
+
+
+WNUT17_BLOB_IDS = {"train.conll": "f492698d", "dev.conll": "128e929f", "test.conll": "a599ac82"}
+needs_wnut17 = pytest.mark.skipif(not (DATA / "wnut17").is_dir(), reason="no WNUT-17 data")
+
+
+def upstream_wnut17(name: str) -> bytes:
+    """The upstream file, rebuilt from the shared copy. They differ only in separators: the
+    shared copy has one space instead of a TAB, and empty lines where the first 2,394 train
+    sentences end with a line that holds only a TAB (see ../shared/data/wnut17/README.md)."""
+    text = (DATA / "wnut17" / name).read_bytes()
+    sentences = [sentence for sentence in text.split(b"\n\n") if sentence.strip()]
+    tab_breaks = 2394 if name == "train.conll" else 0
+    return b"".join(
+        sentence.replace(b" ", b"\t") + (b"\n\t\n" if i < tab_breaks else b"\n\n")
+        for i, sentence in enumerate(sentences)
+    )
+
+
+@needs_wnut17
+def test_wnut17_asset_checksums_match_upstream_files() -> None:
+    assets = {a["dest"]: a for a in srsly.read_yaml(REPO / "project.yml")["assets"]}
+    for name, blob_id in WNUT17_BLOB_IDS.items():
+        upstream = upstream_wnut17(name)
+        git_blob = hashlib.sha1(b"blob %d\0" % len(upstream) + upstream).hexdigest()
+        assert git_blob.startswith(blob_id), name
+        asset = assets[f"assets/wnut17/{name}"]
+        assert asset["checksum"] == hashlib.md5(upstream).hexdigest(), name
+        assert "/e52a2d2a71ac1a051ca2d532eef28653c5c02603/" in asset["url"]
+
+
+@needs_wnut17
+def test_assets_folder_works_as_data_dir(tmp_path: Path) -> None:
+    """What `project assets` downloads converts with `--vars.data_dir assets` (offline: the
+    files are put in place first, so their checksums match and nothing is downloaded)."""
+    shutil.copy(REPO / "project.yml", tmp_path)
+    (tmp_path / "assets" / "wnut17").mkdir(parents=True)
+    for name in WNUT17_BLOB_IDS:
+        (tmp_path / "assets" / "wnut17" / name).write_bytes(upstream_wnut17(name))
+    result = run("-m", "spacy", "project", "assets", tmp_path, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Skipping download with matching checksum") == 3
+    assert result.stdout.count("You need to add this file yourself") == 3  # CoNLL-2003
+    command = ["-m", "spacy", "project", "run", "convert-wnut17", tmp_path]
+    result = run(*command, "--vars.data_dir", "assets", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    for sentences, tokens, entities in [("3,394", "62,730", "1,975"), ("1,009", "15,733", "836")]:
+        assert ["sentences", sentences] in rows and ["documents", sentences] in rows
+        assert ["tokens", tokens] in rows and ["entities", entities] in rows
+    assert ["creative-work", "142"] in rows
+
+
+@needs_data
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_passes_spacy_debug_config(tmp_path: Path, name: str) -> None:
+    sample = tmp_path / "dev.spacy"
+    convert(DATA / "conll2003" / "dev.conll", sample, limit=50)
+    result = run(
+        "-m",
+        "spacy",
+        "debug",
+        "config",
+        REPO / "configs" / f"{name}.cfg",
+        "--paths.train",
+        sample,
+        "--paths.dev",
+        sample,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Config is valid" in result.stdout
+
+
+def test_timed_run_sets_threads_and_keeps_exit_status(tmp_path: Path) -> None:
+    output = tmp_path / "time.json"
+    script = REPO / "scripts" / "timed_run.py"
+    command = ["--threads", "1", "--output", output, "--", "python", "-c"]
+    result = run(script, *command, "import sys; sys.exit(3)", cwd=tmp_path, timeout=60)
+    assert result.returncode == 3 and not output.exists()
+    check = "import os; assert os.environ['OMP_NUM_THREADS'] == '1'"
+    result = run(script, *command, check, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(output.read_text(encoding="utf-8"))
+    assert record["threads"] == 1 and record["seconds"] >= 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project after `spacy project run smoke` (about a minute on 2 cores)."""
+    if not (DATA / "conll2003").is_dir():
+        pytest.skip(f"{DATA} is absent")
+    project = tmp_path_factory.mktemp("project")
+    shutil.copy(REPO / "project.yml", project)
+    for folder in ("configs", "scripts"):
+        shutil.copytree(REPO / folder, project / folder)
+    result = run(
+        "-m",
+        "spacy",
+        "project",
+        "run",
+        "smoke",
+        project,
+        "--vars.data_dir",
+        DATA,
+        "--vars.threads",
+        "1",
+        cwd=project,
+        timeout=230,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return project
+
+
+def test_smoke_converts_limited_data(smoke: Path) -> None:
+    for split in ("train", "dev", "test"):
+        assert (smoke / "corpus" / "smoke" / f"{split}.spacy").stat().st_size > 0
+
+
+def test_smoke_metrics(smoke: Path) -> None:
+    metrics = smoke / "metrics" / "smoke"
+    for system in SYSTEMS:
+        scores = json.loads((metrics / f"{system}.json").read_text(encoding="utf-8"))
+        assert 0.0 <= scores["ents_f"] <= 1.0
+        assert set(scores["ents_per_type"]) <= {"LOC", "MISC", "ORG", "PER"}
+        speed = json.loads((metrics / f"{system}-speed.json").read_text(encoding="utf-8"))
+        assert speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0
+        assert speed["threads"] == 1 and speed["words"] > 1000
+        train = json.loads((metrics / f"{system}-train.json").read_text(encoding="utf-8"))
+        assert train["seconds"] > 0
+        assert (smoke / "training" / "smoke" / system / "model-best" / "meta.json").is_file()
+
+
+def test_smoke_compare_table(smoke: Path) -> None:
+    table = (smoke / "metrics" / "smoke" / "compare.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [row.split("|")[1].strip() for row in rows] == ["`bilstm_crf`", "`ner`"]
+    header = table.splitlines()[0]
+    assert "1 torch thread(s)" in header and "at most 60 steps" in header
+    for column in ("F1", "F1 PER", "words/s", "training time", "model size"):
+        assert f" {column} |" in table
+
+
+def test_smoke_transition_plot(smoke: Path) -> None:
+    png = (smoke / "metrics" / "smoke" / "transitions.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_smoke_package_requires_the_plugin(smoke: Path) -> None:
+    archive = smoke / "packages" / "en_bilstm_crf_smoke-0.0.0" / "dist"
+    archive = archive / "en_bilstm_crf_smoke-0.0.0.tar.gz"
+    with tarfile.open(archive) as tar:
+        meta = next(m for m in tar.getmembers() if m.name.endswith("0.0.0/meta.json"))
+        requirements = json.load(tar.extractfile(meta))["requirements"]
+    assert any(req.startswith("spacy-bilstm-crf>=") for req in requirements), requirements
+
+
+def test_smoke_package_installs_and_loads(smoke: Path, tmp_path: Path) -> None:
+    archive = smoke / "packages" / "en_bilstm_crf_smoke-0.0.0" / "dist"
+    archive = archive / "en_bilstm_crf_smoke-0.0.0.tar.gz"
+    target = tmp_path / "site"
+    install = ["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    result = run(*install, "--target", target, archive, cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    code = (
+        "import spacy, sys; sys.path.insert(0, sys.argv[1]); "
+        "nlp = spacy.load('en_bilstm_crf_smoke'); "
+        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, "
+        "len(nlp('Peter Blackburn met EU officials in Brussels .')))"
+    )
+    result = run("-c", code, target, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['ner']", "BiLSTMCRFTagger", "8"]
