@@ -361,3 +361,40 @@ def test_entity_cut_by_a_window_trains_as_two() -> None:
     optimizer = nlp.initialize(lambda: [example])
     losses = nlp.update([example], sgd=optimizer)
     assert numpy.isfinite(losses["bilstm_crf"]) and losses["bilstm_crf"] > 0
+
+
+def test_trains_a_shared_tok2vec_through_a_listener() -> None:
+    torch.manual_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "tok2vec",
+        config={
+            "model": {
+                "@architectures": "spacy.Tok2Vec.v2",
+                "embed": {
+                    "@architectures": "spacy.MultiHashEmbed.v2",
+                    "width": 32,
+                    "attrs": ["NORM", "SHAPE"],
+                    "rows": [500, 100],
+                    "include_static_vectors": False,
+                },
+                "encode": {
+                    "@architectures": "spacy.MaxoutWindowEncoder.v2",
+                    "width": 32,
+                    "depth": 1,
+                    "window_size": 1,
+                    "maxout_pieces": 2,
+                },
+            }
+        },
+    )
+    listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "*"}
+    nlp.add_pipe("bilstm_crf", config={"model": {"hidden_width": 32, "tok2vec": listener}})
+    examples = examples_for(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    shared = nlp.get_pipe("tok2vec").model
+    before = [p.copy() for p in _thinc_params(shared)]
+    for _ in range(60):
+        nlp.update(examples, sgd=optimizer)
+    assert any(not numpy.array_equal(a, b) for a, b in zip(before, _thinc_params(shared)))
+    assert ents(nlp("Shaka Khan lives in Berlin.")) == [(0, 10, "PERSON"), (20, 26, "LOC")]
