@@ -234,3 +234,35 @@ def test_smoke_package_installs_and_loads(smoke: Path, tmp_path: Path) -> None:
     result = run("-c", code, target, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["['ner']", "BiLSTMCRFTagger", "8"]
+
+
+def test_ablation_table_on_smoke_data(smoke: Path) -> None:
+    result = run(
+        "scripts/ablate.py",
+        "configs/bilstm_crf.cfg",
+        "corpus/smoke",
+        "metrics/smoke/ablation.md",
+        "--steps",
+        "8",
+        "--seeds",
+        "0",
+        "1",
+        "--threads",
+        "1",
+        "--training-dir",
+        "training/smoke/ablation",
+        "--variants",
+        "BiLSTM-CRF (default)",
+        "BiLSTM + softmax",
+        cwd=smoke,
+        timeout=240,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    lines = (smoke / "metrics" / "smoke" / "ablation.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines if line.startswith("| BiLSTM")]
+    assert [row.split(" | ")[0] for row in rows] == ["| BiLSTM-CRF (default)", "| BiLSTM + softmax"]
+    crf_invalid = rows[0].split(" | ")[3]
+    assert crf_invalid == "0.00%"  # the CRF never decodes an invalid sequence
+    for row in rows:
+        dev_mean = float(row.split(" | ")[1].split(" ± ")[0])
+        assert 0.0 <= dev_mean <= 100.0
