@@ -209,8 +209,13 @@ def test_load_in_new_process_predicts_the_same(trained: Language, tmp_path: Path
 
 def test_multiprocess_pipe(trained: Language) -> None:
     texts = [text for text, _ in TRAIN_DATA] * 4
-    expected = [ents(doc) for doc in trained.pipe(texts)]
-    assert [ents(doc) for doc in trained.pipe(texts, n_process=2, batch_size=4)] == expected
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a parent with a thread pool: forked workers must not hang
+    try:
+        expected = [ents(doc) for doc in trained.pipe(texts)]
+        assert [ents(doc) for doc in trained.pipe(texts, n_process=2, batch_size=4)] == expected
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_label_mismatch_fails_loudly(trained: Language) -> None:
