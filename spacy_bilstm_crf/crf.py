@@ -4,16 +4,23 @@ Shapes follow one convention: `B` sequences, `T` time steps, `K` tags. Inputs ar
 masks are bool and left-aligned, and rows may have length zero (their log partition is 0 and
 their best path is empty).
 
-The log partition is computed in probability space, one `(B, K) @ (K, K)` product per step with
+The log partition is computed in probability space, one `(K, K) @ (K, B)` product per step with
 each step renormalised, and its gradient (the marginals minus the observed counts) comes from a
-hand-written forward-backward pass instead of autograd through `T` steps. A row whose
-renormaliser gets so small that underflow could change the result is recomputed in log space,
-so the fast path never trades exactness for speed.
+hand-written forward-backward pass instead of autograd through `T` steps. When a gradient is
+wanted, the backward recursion runs in the same loop over the steps in reverse, so that one
+block-diagonal product per step serves both. A row whose renormaliser gets so small that
+underflow could change the result is recomputed in log space, so the fast path never trades
+exactness for speed. Viterbi keeps only scores on the way forward and recomputes, on the way
+back, the one maximum per step that the best path needs.
+
+On CPU, at the sizes of NER batches, time goes to the overhead of each torch operation rather
+than to arithmetic, so the loops are kept to a few operations per step on preallocated buffers.
 """
 
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -68,10 +75,10 @@ class CRF(nn.Module):
         mask = self._check(emissions, mask)
         tags = self._check_tags(tags, mask)
         trans, start, end = self._scores(emissions.dtype)
-        log_z = _LogPartition.apply(emissions, trans, start, end, mask)
         unknown = (tags == -1) & mask  # shape: (B, T)
         if not bool(unknown.any()):
-            return _difference(log_z, _path_score(emissions, tags, mask, trans, start, end))
+            return _gold_nll(emissions, trans, start, end, mask, tags)
+        log_z = _log_partition(emissions, trans, start, end, mask)
         known = tags.clamp(min=0)
         observed = nn.functional.one_hot(known, self.num_tags).bool()  # shape: (B, T, K)
         free = unknown.unsqueeze(-1)
@@ -84,14 +91,14 @@ class CRF(nn.Module):
             free = free & candidates
         allowed_tags = torch.where(unknown.unsqueeze(-1), free, observed)
         clamped = emissions.masked_fill(~allowed_tags, float("-inf"))
-        log_z_observed = _LogPartition.apply(clamped, trans, start, end, mask)
+        log_z_observed = _log_partition(clamped, trans, start, end, mask)
         return _difference(log_z, log_z_observed)
 
     def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Log of the sum of exp-scores over all allowed paths, shape `(B,)`."""
         mask = self._check(emissions, mask)
         trans, start, end = self._scores(emissions.dtype)
-        return _LogPartition.apply(emissions, trans, start, end, mask)
+        return _log_partition(emissions, trans, start, end, mask)
 
     def score(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
         """Unnormalised score of fully known `tags` per sequence, shape `(B,)`."""
@@ -109,14 +116,14 @@ class CRF(nn.Module):
         mask = self._check(emissions, mask)
         trans, start, end = (s.detach() for s in self._scores(emissions.dtype))
         emissions = emissions.detach()
-        state = _scaled_forward(emissions, trans, start, end, mask)
-        post = _scaled_posteriors(state, mask)
-        posteriors = post.marginals
+        state = _scaled_forward(emissions, trans, start, end, mask, backward=True)
+        post = _scaled_posteriors(state)
+        posteriors = post.marginals  # shape: (T, K, B)
         if bool(post.bad.any()):
             rows = post.bad.nonzero().squeeze(1)
             grads = _reference_grads(emissions[rows], trans, start, end, mask[rows], None)
-            posteriors[:, rows] = grads[0].transpose(0, 1)
-        return posteriors.transpose(0, 1)
+            posteriors[:, :, rows] = grads[0].permute(1, 2, 0)
+        return posteriors.permute(2, 0, 1)
 
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -137,9 +144,9 @@ class CRF(nn.Module):
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """Transition, start and end scores with forbidden moves at `-inf`."""
         neg_inf = float("-inf")
-        trans = self.transitions.to(dtype).masked_fill(~self.allowed, neg_inf)
-        start = self.start_transitions.to(dtype).masked_fill(~self.allowed_start, neg_inf)
-        end = self.end_transitions.to(dtype).masked_fill(~self.allowed_end, neg_inf)
+        trans = torch.where(self.allowed, self.transitions.to(dtype), neg_inf)
+        start = torch.where(self.allowed_start, self.start_transitions.to(dtype), neg_inf)
+        end = torch.where(self.allowed_end, self.end_transitions.to(dtype), neg_inf)
         return trans, start, end
 
     def _check(self, emissions: Tensor, mask: Tensor | None) -> Tensor:
@@ -158,7 +165,7 @@ class CRF(nn.Module):
             )
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool tensor, got {mask.dtype}.")
-        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        if bool((mask[:, 1:] > mask[:, :-1]).any()):
             raise ValueError("mask must be left-aligned: no True after a False in a row.")
         return mask
 
@@ -222,108 +229,122 @@ def _path_score(
 
 
 class _Forward(NamedTuple):
-    """What the scaled forward pass leaves for the backward pass, time-major."""
+    """What the scaled recursions leave for the gradient: time-major, tags before batch.
+
+    Time runs over the `T` steps and one more, which every row spends in STOP: an extra tag
+    that a row moves to (through the end score) once it has no more tokens, and then keeps. So
+    no step of the recursions needs the mask, and the end scores are one more column of moves.
+    """
 
     log_z: Tensor  # shape: (B,)
-    probs: Tensor  # shape: (T, B, K), exp(emissions - their max per step)
-    moves: Tensor  # shape: (K, K), exp(transitions - their max)
-    ends: Tensor  # shape: (K,), exp(end - its max)
-    alphas: Tensor  # shape: (T, B, K), each step normalised to sum to one
-    scales: Tensor  # shape: (T, B, 1), the normaliser of each step
+    moves: Tensor  # shape: (K + 1, K + 1), exp(transitions - max), exp(end - max) to STOP
+    starts: Tensor  # shape: (K + 1,), exp(start - max), and 1 for STOP (empty rows)
+    alphas: Tensor  # shape: (T + 1, K + 1, B), forward messages, each step summing to one
+    betas: Tensor | None  # shape: (T + 1, K + 1, B), backward messages times probs, same
     bad: Tensor  # shape: (B,), rows to recompute in log space
 
 
-def _shifted_exp(scores: Tensor, dim: int | None = None) -> tuple[Tensor, Tensor]:
+def _shifted_exp(scores: Tensor) -> tuple[Tensor, Tensor]:
     """`exp(scores - max)` and the max (0 where every score is `-inf`)."""
-    top = scores.max() if dim is None else scores.amax(dim, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    top = scores.max().nan_to_num(0.0, 0.0, 0.0)
     return torch.exp(scores - top), top
 
 
 def _scaled_forward(
-    emissions: Tensor, trans: Tensor, start: Tensor, end: Tensor, mask: Tensor
+    emissions: Tensor,
+    trans: Tensor,
+    start: Tensor,
+    end: Tensor,
+    mask: Tensor,
+    backward: bool = False,
 ) -> _Forward:
-    """Forward algorithm in probability space with per-step renormalisation."""
-    batch, steps, _ = emissions.shape
+    """Forward algorithm in probability space with per-step renormalisation.
+
+    With `backward`, the backward recursion runs in the same loop over the steps in reverse
+    order: one block-diagonal matrix product per step serves both.
+    """
+    batch, steps, num_tags = emissions.shape
+    heads, size, stop = (2 if backward else 1), num_tags + 1, num_tags
     tiny = torch.finfo(emissions.dtype).tiny ** 0.5
-    time_mask = mask.t()  # shape: (T, B)
-    emissions = emissions.transpose(0, 1).masked_fill(~time_mask.unsqueeze(-1), 0.0)
-    probs, shifts = _shifted_exp(emissions, dim=-1)  # shape: (T, B, K), (T, B, 1)
-    moves, move_shift = _shifted_exp(trans)
-    starts, start_shift = _shifted_exp(start)
-    ends, end_shift = _shifted_exp(end)
-    alphas = torch.empty_like(probs)
-    scales = probs.new_empty(steps, batch, 1)
-    if steps == 0:
-        nothing = mask.new_zeros(batch)
-        return _Forward(probs.new_zeros(batch), probs, moves, ends, alphas, scales, nothing)
-    torch.mul(starts, probs[0], out=alphas[0])
-    torch.sum(alphas[0], -1, keepdim=True, out=scales[0])
-    alphas[0].div_(scales[0])
-    alpha_steps, prob_steps, scale_steps = alphas.unbind(0), probs.unbind(0), scales.unbind(0)
-    for t in range(1, steps):
-        alpha = alpha_steps[t]
-        torch.mm(alpha_steps[t - 1], moves, out=alpha)
-        alpha.mul_(prob_steps[t])
-        torch.sum(alpha, -1, keepdim=True, out=scale_steps[t])
-        alpha.div_(scale_steps[t])
+    step_mask = mask.t().unsqueeze(1)  # shape: (T, 1, B)
+    probs = emissions.new_empty(steps + 1, heads, size, batch)  # shape: (T + 1, H, K + 1, B)
+    scores = probs[:steps, 0, :num_tags]  # shape: (T, K, B)
+    torch.where(step_mask, emissions.permute(1, 2, 0), emissions.new_zeros(()), out=scores)
+    shifts = scores.amax(1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)  # shape: (T, 1, B)
+    keep = step_mask.to(probs.dtype)  # shape: (T, 1, B); a bool factor takes a slow path
+    scores.sub_(shifts).exp_().mul_(keep)  # exp(-inf) takes a slow path too: mask after
+    moves = emissions.new_zeros(size, size)  # shape: (K + 1, K + 1)
+    moves[:num_tags, :num_tags], move_shift = _shifted_exp(trans)
+    moves[:num_tags, stop], end_shift = _shifted_exp(end)
+    moves[stop, stop] = 1.0
+    only_stop = moves[stop]  # shape: (K + 1,), one-hot
+    probs[:steps, 0, stop] = 1.0 - keep[:, 0]
+    probs[steps, 0] = only_stop.unsqueeze(1)
+    starts = emissions.new_ones(size)  # shape: (K + 1,)
+    starts[:num_tags], start_shift = _shifted_exp(start)
+    first = torch.cat([starts, only_stop])  # the backward recursion starts in STOP
+    step_moves = moves.t().contiguous()  # shape: (H (K + 1), H (K + 1)) once stacked below
+    reverse = torch.arange(steps, -1, -1, device=mask.device)  # shape: (T + 1,)
+    if backward:
+        probs[:, 1] = probs[:, 0].index_select(0, reverse)
+        step_moves = torch.block_diag(step_moves, moves)
+    messages = torch.empty_like(probs)  # shape: (T + 1, H, K + 1, B)
+    scales = probs.new_empty(steps + 1, heads, 1, batch)  # shape: (T + 1, H, 1, B)
+    prob_steps = probs.view(steps + 1, heads * size, batch).unbind(0)
+    flat_steps = messages.view(steps + 1, heads * size, batch).unbind(0)
+    head_steps, scale_steps = messages.unbind(0), scales.unbind(0)
+    torch.mul(first[: heads * size].unsqueeze(1), prob_steps[0], out=flat_steps[0])
+    for t in range(steps + 1):
+        if t:
+            torch.mm(step_moves, flat_steps[t - 1], out=flat_steps[t])
+            flat_steps[t].mul_(prob_steps[t])
+        torch.sum(head_steps[t], 1, keepdim=True, out=scale_steps[t])
+        head_steps[t].div_(scale_steps[t])
     lengths = mask.sum(1)  # shape: (B,)
-    last = (lengths - 1).clamp(min=0)
-    final = alphas[last, torch.arange(batch, device=mask.device)] @ ends  # shape: (B,)
-    step_mask = time_mask.unsqueeze(-1)
-    logs = torch.where(step_mask, scales.log() + shifts, scales.new_zeros(()))
-    log_z = logs.sum((0, 2)) + final.log() + start_shift + end_shift + last * move_shift
     nonempty = lengths > 0
-    bad = ((scales < tiny) & step_mask).any(0).squeeze(-1) | (final < tiny)
-    bad = (bad | ~torch.isfinite(log_z)) & nonempty
+    logs = scales[:, 0].log().sum((0, 1)) + shifts.sum((0, 1))  # shape: (B,)
+    log_z = logs + start_shift + end_shift + (lengths - 1) * move_shift
+    bad = ~((scales >= tiny).flatten(0, 2).all(0) & (log_z.abs() < float("inf")))
     log_z = torch.where(nonempty, log_z, log_z.new_zeros(()))
-    return _Forward(log_z, probs, moves, ends, alphas, scales, bad)
-
-
-def _scaled_backward(state: _Forward, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Backward recursion matching `_scaled_forward`: normalised betas `(T, B, K)`, normalisers."""
-    steps = state.probs.shape[0]
-    next_mask = torch.cat([mask.t()[1:], mask.new_zeros(1, mask.shape[0])]).unsqueeze(-1)
-    ends = state.ends / state.ends.sum()
-    betas = torch.empty_like(state.probs)
-    sums = torch.ones_like(state.scales)  # shape: (T, B, 1)
-    if steps == 0:
-        return betas, sums
-    betas[-1] = ends
-    beta_steps, prob_steps, sum_steps = betas.unbind(0), state.probs.unbind(0), sums.unbind(0)
-    mask_steps = next_mask.unbind(0)
-    moves_t = state.moves.t()
-    for t in range(steps - 2, -1, -1):
-        beta = beta_steps[t]
-        torch.mm(prob_steps[t + 1] * beta_steps[t + 1], moves_t, out=beta)
-        torch.sum(beta, -1, keepdim=True, out=sum_steps[t])
-        beta.div_(sum_steps[t])
-        torch.where(mask_steps[t], beta, ends, out=beta)
-    return betas, torch.where(next_mask, sums, sums.new_ones(()))
+    betas = messages[:, 1].index_select(0, reverse) if backward else None
+    return _Forward(log_z, moves, starts, messages[:, 0], betas, bad & nonempty)
 
 
 class _Posteriors(NamedTuple):
-    """Token posteriors and what the transition gradient needs, time-major."""
+    """Token posteriors and the factors of the pairwise ones, time-major, tags before batch."""
 
-    marginals: Tensor  # shape: (T, B, K), zero where masked or for `bad` rows
-    betas: Tensor  # shape: (T, B, K)
-    norms: Tensor  # shape: (T, B, 1), sum over tags of alphas * betas
+    marginals: Tensor  # shape: (T, K, B), zero where masked or for `bad` rows
+    alphas: Tensor  # shape: (T + 1, K + 1, B), forward messages, inf and nan zeroed
+    betas: Tensor  # shape: (T + 1, K + 1, B), backward messages over each step's total
     bad: Tensor  # shape: (B,), rows whose scaled values may have underflowed
 
 
-def _scaled_posteriors(state: _Forward, mask: Tensor) -> _Posteriors:
-    """Marginals from normalised alphas and betas, flagging rows where either pass underflowed."""
-    tiny = torch.finfo(state.probs.dtype).tiny ** 0.5
-    betas, sums = _scaled_backward(state, mask)
-    joint = state.alphas * betas  # shape: (T, B, K)
-    norms = joint.sum(-1, keepdim=True)  # shape: (T, B, 1)
-    time_mask = mask.t().unsqueeze(-1)  # shape: (T, B, 1)
-    weak = (~(norms >= tiny) | (sums < tiny)) & time_mask
-    bad = state.bad | weak.any(0).squeeze(-1)
-    keep = time_mask & ~bad.view(1, -1, 1)
-    norms = torch.where(keep, norms, norms.new_ones(()))
-    marginals = torch.where(keep, joint / norms, joint.new_zeros(()))
-    return _Posteriors(marginals, betas, norms, bad)
+def _scaled_posteriors(state: _Forward, weights: Tensor | None = None) -> _Posteriors:
+    """Marginals from the messages, flagging rows where either pass underflowed.
+
+    Marginals and the pairwise factors are multiplied by `weights` `(B,)` when given.
+    At step t the pairs alpha_{t-1}(i) moves(i, j) betas_t(j) sum to the step's total, so
+    the marginal of tag j at step t is (moves^T alpha_{t-1})(j) betas_t(j) over that total.
+    """
+    if state.betas is None:
+        raise ValueError("Posteriors need the backward recursion: use backward=True.")
+    tiny = torch.finfo(state.alphas.dtype).tiny ** 0.5
+    steps, num_tags = state.alphas.shape[0] - 1, state.alphas.shape[1] - 1
+    # Only flagged rows can hold inf or nan: zero those so that they add nothing to the sums.
+    flagged = bool(state.bad.any())
+    alphas = state.alphas.nan_to_num(0.0, 0.0, 0.0) if flagged else state.alphas
+    incoming = torch.empty_like(alphas)  # shape: (T + 1, K + 1, B)
+    incoming[0] = state.starts.unsqueeze(1)
+    torch.matmul(state.moves.t(), alphas[:-1], out=incoming[1:])
+    totals = (incoming * state.betas).sum(1, keepdim=True)  # shape: (T + 1, 1, B)
+    bad = state.bad | ~(totals >= tiny).flatten(0, 1).all(0)
+    scale = totals.reciprocal() if weights is None else weights / totals
+    scale = torch.where(bad, totals.new_zeros(()), scale)  # shape: (T + 1, 1, B)
+    betas = state.betas * scale  # shape: (T + 1, K + 1, B)
+    if flagged:
+        betas.nan_to_num_(0.0, 0.0, 0.0)
+    marginals = incoming[:steps, :num_tags] * betas[:steps, :num_tags]  # shape: (T, K, B)
+    return _Posteriors(marginals, alphas, betas, bad)
 
 
 class _LogPartition(torch.autograd.Function):
@@ -338,13 +359,8 @@ class _LogPartition(torch.autograd.Function):
         end: Tensor,
         mask: Tensor,
     ) -> Tensor:
-        state = _scaled_forward(emissions, trans, start, end, mask)
-        log_z = state.log_z
-        if bool(state.bad.any()):
-            rows = state.bad.nonzero().squeeze(1)
-            log_z = log_z.clone()
-            wide = (x.double() for x in (emissions[rows], trans, start, end))
-            log_z[rows] = _reference_log_z(*wide, mask[rows]).to(log_z.dtype)
+        backward = any(ctx.needs_input_grad[:4])
+        log_z, state = _log_z(emissions, trans, start, end, mask, backward)
         ctx.save_for_backward(emissions, trans, start, end, mask)
         ctx.state = state
         return log_z
@@ -354,38 +370,117 @@ class _LogPartition(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_log_z: Tensor
     ) -> tuple[Tensor | None, ...]:
         emissions, trans, start, end, mask = ctx.saved_tensors
-        state: _Forward = ctx.state
-        if emissions.shape[1] == 0:
-            return (
-                torch.zeros_like(emissions),
-                *(torch.zeros_like(x) for x in (trans, start, end)),
-                None,
-            )
-        post = _scaled_posteriors(state, mask)
-        weights = torch.where(post.bad, grad_log_z.new_zeros(()), grad_log_z)  # shape: (B,)
-        weighted = post.marginals * weights.view(1, -1, 1)  # shape: (T, B, K)
-        lengths = mask.sum(1)
-        batch_index = torch.arange(mask.shape[0], device=mask.device)
-        d_emissions = weighted.transpose(0, 1)
-        d_start = weighted[0].sum(0)
-        d_end = weighted[(lengths - 1).clamp(min=0), batch_index].sum(0)
-        # Pairwise marginals summed over batch and time, as one matrix product:
-        # xi_t(i, j) = alpha_{t-1}(i) moves(i, j) probs_t(j) beta_t(j) / (scale_t norm_t).
-        num_tags = trans.shape[0]
-        rate = weights.view(1, -1, 1) / (state.scales[1:] * post.norms[1:])
-        right = state.probs[1:] * post.betas[1:] * rate * mask.t()[1:].unsqueeze(-1)
-        left = state.alphas[:-1].masked_fill(post.bad.view(1, -1, 1), 0.0)
-        left, right = left.reshape(-1, num_tags), right.reshape(-1, num_tags)
-        d_trans = state.moves * (left.t() @ right.nan_to_num(0.0, 0.0, 0.0))
-        if bool(post.bad.any()):
-            rows = post.bad.nonzero().squeeze(1)
-            grads = _reference_grads(
-                emissions[rows], trans, start, end, mask[rows], grad_log_z[rows]
-            )
-            d_emissions = d_emissions.clone()
-            d_emissions[rows] = grads[0]
-            d_trans, d_start, d_end = d_trans + grads[1], d_start + grads[2], d_end + grads[3]
-        return d_emissions, d_trans, d_start, d_end, None
+        return *_log_z_grads(ctx.state, emissions, trans, start, end, mask, grad_log_z), None
+
+
+class _GoldNll(torch.autograd.Function):
+    """log Z minus the score of fully observed tags per sequence (`inf` for a forbidden path).
+
+    The gradient is written out as for `_LogPartition`, less the counts of the scores the gold
+    path takes: one autograd node for the whole loss instead of one per operation.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        emissions: Tensor,
+        trans: Tensor,
+        start: Tensor,
+        end: Tensor,
+        mask: Tensor,
+        tags: Tensor,
+    ) -> Tensor:
+        backward = any(ctx.needs_input_grad[:4])
+        log_z, state = _log_z(emissions, trans, start, end, mask, backward)
+        nll = _difference(log_z, _path_score(emissions, tags, mask, trans, start, end))
+        ctx.save_for_backward(emissions, trans, start, end, mask, tags, nll)
+        ctx.state = state
+        return nll
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_nll: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        emissions, trans, start, end, mask, tags, nll = ctx.saved_tensors
+        weights = torch.where(torch.isinf(nll), grad_nll.new_zeros(()), grad_nll)  # shape: (B,)
+        grads = _log_z_grads(ctx.state, emissions, trans, start, end, mask, weights, tags)
+        return *grads, None, None
+
+
+def _log_z_grads(
+    state: _Forward,
+    emissions: Tensor,
+    trans: Tensor,
+    start: Tensor,
+    end: Tensor,
+    mask: Tensor,
+    weights: Tensor,
+    gold: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of `sum(weights * log Z)` for emissions, transitions, start and end scores.
+
+    With `gold` tags, those of `sum(weights * (log Z - gold path score))` instead.
+    """
+    steps, num_tags = emissions.shape[1:]
+    if steps == 0:
+        zeros = [torch.zeros_like(x) for x in (emissions, trans, start, end)]
+        return zeros[0], zeros[1], zeros[2], zeros[3]
+    post = _scaled_posteriors(state, weights)
+    # Batch-first and contiguous, as autograd would copy it to anyway (a transposing copy
+    # costs less than an elementwise product writing through the transposition).
+    d_emissions = post.marginals.permute(2, 0, 1).contiguous()  # shape: (B, T, K)
+    # Pairwise marginals summed over batch and time, the moves to STOP (end scores) too.
+    left, right = post.alphas[:-1], post.betas[1:].transpose(1, 2)
+    pairs = state.moves * torch.bmm(left, right).sum(0)  # shape: (K + 1, K + 1)
+    if bool(post.bad.any()):
+        rows = post.bad.nonzero().squeeze(1)
+        grads = _reference_grads(emissions[rows], trans, start, end, mask[rows], weights[rows])
+        d_emissions[rows] = grads[0]
+        pairs[:num_tags, :num_tags] += grads[1]
+        pairs[:num_tags, num_tags] += grads[3]
+    if gold is not None:
+        skip = ~mask
+        taken = torch.where(mask, -weights.unsqueeze(1), weights.new_zeros(()))  # shape: (B, T)
+        d_emissions.scatter_add_(2, gold.masked_fill(skip, 0).unsqueeze(-1), taken.unsqueeze(-1))
+        path = nn.functional.pad(gold.masked_fill(skip, num_tags), (0, 1), value=num_tags)
+        moves = path[:, :-1] * (num_tags + 1) + path[:, 1:]  # shape: (B, T), into STOP at the end
+        pairs.view(-1).index_add_(0, moves.flatten(), taken.flatten())
+    # A start score adds to the same paths as the emission score of its tag at step 0.
+    d_start = d_emissions[:, 0].sum(0)
+    return d_emissions, pairs[:num_tags, :num_tags], d_start, pairs[:num_tags, num_tags]
+
+
+def _log_z(
+    emissions: Tensor, trans: Tensor, start: Tensor, end: Tensor, mask: Tensor, backward: bool
+) -> tuple[Tensor, _Forward]:
+    """log Z `(B,)` from the scaled pass, rows flagged there recomputed in log space."""
+    state = _scaled_forward(emissions, trans, start, end, mask, backward)
+    log_z = state.log_z
+    if bool(state.bad.any()):
+        rows = state.bad.nonzero().squeeze(1)
+        log_z = log_z.clone()
+        wide = (x.double() for x in (emissions[rows], trans, start, end))
+        log_z[rows] = _reference_log_z(*wide, mask[rows]).to(log_z.dtype)
+    return log_z, state
+
+
+def _log_partition(
+    emissions: Tensor, trans: Tensor, start: Tensor, end: Tensor, mask: Tensor
+) -> Tensor:
+    """log Z `(B,)`: through the autograd function only when a gradient may be asked for."""
+    if torch.is_grad_enabled():
+        return _LogPartition.apply(emissions, trans, start, end, mask)
+    return _log_z(emissions, trans, start, end, mask, backward=False)[0]
+
+
+def _gold_nll(
+    emissions: Tensor, trans: Tensor, start: Tensor, end: Tensor, mask: Tensor, tags: Tensor
+) -> Tensor:
+    """`log Z - score(tags)` `(B,)`, `inf` where the path is forbidden; like `_log_partition`."""
+    if torch.is_grad_enabled():
+        return _GoldNll.apply(emissions, trans, start, end, mask, tags)
+    log_z = _log_z(emissions, trans, start, end, mask, backward=False)[0]
+    return _difference(log_z, _path_score(emissions, tags, mask, trans, start, end))
 
 
 def _reference_log_z(
@@ -433,27 +528,40 @@ def _reference_grads(
 def _viterbi(
     emissions: Tensor, mask: Tensor, trans: Tensor, start: Tensor, end: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Max-product forward pass, then a backtrace that is one gather per step."""
+    """Max-product forward pass keeping only scores, then a backtrace that recomputes each step.
+
+    The forward pass runs through the padding (rows read their score at their last token) and
+    stores no back-pointers: a max with indices costs several times a plain max on CPU. The
+    backtrace redoes, for the one tag chosen per row, the sums the forward pass maximised, in
+    NumPy on the host (small per-step operations cost far less there than in torch); the sums
+    are the same floating-point operations, so it picks the same tags, ties to the lowest.
+    """
     batch, steps, num_tags = emissions.shape
-    paths = torch.full((batch, steps), -1, dtype=torch.long, device=emissions.device)
     if steps == 0:
-        return paths, emissions.new_zeros(batch)
-    time_mask = mask.t().unsqueeze(-1)  # shape: (T, B, 1)
-    emissions = emissions.transpose(0, 1).masked_fill(~time_mask, 0.0)  # shape: (T, B, K)
-    history = torch.empty(steps, batch, num_tags, dtype=torch.long, device=emissions.device)
-    best = torch.empty(batch, num_tags, dtype=emissions.dtype, device=emissions.device)
-    score = start + emissions[0]  # shape: (B, K)
+        return mask.new_full((batch, 0), -1, dtype=torch.long), emissions.new_zeros(batch)
+    emissions = emissions.transpose(0, 1)  # shape: (T, B, K)
+    scores = emissions.new_empty(steps, batch, num_tags)  # shape: (T, B, K)
+    torch.add(start, emissions[0], out=scores[0])
+    candidates = emissions.new_empty(num_tags, batch, num_tags)  # shape: (K, B, K), from, -, to
+    step_scores, emission_steps = scores.unbind(0), emissions.unbind(0)
+    previous_steps = scores.transpose(1, 2).unsqueeze(-1).unbind(0)  # shape: (K, B, 1) each
+    moves = trans.unsqueeze(1)  # shape: (K, 1, K)
     for t in range(1, steps):
-        torch.max(score.unsqueeze(2) + trans, dim=1, out=(best, history[t]))
-        best.add_(emissions[t])
-        score = torch.where(time_mask[t], best, score)
-    identity = torch.arange(num_tags, device=emissions.device)
-    history = torch.where(time_mask, history, identity)  # padding passes tags through
-    scores, tag = (score + end).max(-1)  # shape: (B,), (B,)
-    tags = [tag]
+        torch.add(previous_steps[t - 1], moves, out=candidates)
+        torch.amax(candidates, 0, out=step_scores[t])
+        step_scores[t].add_(emission_steps[t])
+    lengths = mask.sum(1)  # shape: (B,)
+    last = (lengths - 1).clamp(min=0)
+    best, tag = (scores[last, torch.arange(batch, device=mask.device)] + end).max(-1)
+    host = scores.dtype if scores.dtype != torch.bfloat16 else torch.float32
+    history = scores.to("cpu", host).numpy()  # shape: (T, B, K)
+    into = trans.t().to("cpu", host).numpy()  # shape: (K, K), to, from
+    active = mask.t().cpu().numpy()  # shape: (T, B)
+    current = tag.cpu().numpy()  # shape: (B,)
+    path = np.empty((steps, batch), dtype=np.int64)  # shape: (T, B)
     for t in range(steps - 1, 0, -1):
-        tag = history[t].gather(1, tag.unsqueeze(1)).squeeze(1)
-        tags.append(tag)
-    paths = torch.stack(tags[::-1], dim=1).masked_fill(~mask, -1)
-    scores = torch.where(mask[:, 0], scores, scores.new_zeros(()))
-    return paths, scores
+        path[t] = current
+        np.copyto(current, (history[t - 1] + into[current]).argmax(1), where=active[t])
+    path[0] = current
+    paths = torch.from_numpy(path.T).to(mask.device).masked_fill(~mask, -1)  # shape: (B, T)
+    return paths, torch.where(lengths > 0, best, best.new_zeros(()))

@@ -9,7 +9,7 @@ import torch
 from torch.func import functional_call
 
 from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
-from spacy_bilstm_crf.crf import _LogPartition, _scaled_forward
+from spacy_bilstm_crf.crf import _LogPartition, _path_score, _reference_log_z, _scaled_forward
 from spacy_bilstm_crf.tags import Constraints, is_valid
 
 NEG_INF = float("-inf")
@@ -333,3 +333,101 @@ def test_biluo_constraints() -> None:
     assert not is_valid(["B-X"], "BILUO")
     assert not is_valid(["O", "I-X"], "BIO")
     assert is_valid(["B-X", "I-X"], "BIO")
+
+
+def test_fully_observed_nll_gradients_match_finite_differences() -> None:
+    for seed in range(12):
+        crf, emissions, mask, _ = random_case(seed)
+        tags = torch.randint(0, crf.num_tags, mask.shape)  # may take forbidden moves: nll inf
+        params = {name: p.detach().clone() for name, p in crf.named_parameters()}
+        names = list(params)
+
+        def nll(e, *values, tags=tags):
+            out = functional_call(crf, dict(zip(names, values)), (e, tags, mask))
+            return out.masked_fill(~torch.isfinite(out), 0.0)
+
+        inputs = (emissions.requires_grad_(),) + tuple(v.requires_grad_() for v in params.values())
+        assert torch.autograd.gradcheck(nll, inputs)
+
+
+def test_gold_nll_gradients_on_underflowing_rows_match_log_space_autograd() -> None:
+    crf = CRF(5, allowed_transitions(tag_names(["A", "B"]), "BIO")).double()
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(3, 4, 5, dtype=torch.float64)
+    emissions[1, 0, 1], emissions[1, 1, 2] = -2000.0, 2000.0  # row 1 underflows (see above)
+    mask = torch.tensor([[True] * 4, [True] * 3 + [False], [True, True, False, False]])
+    tags = torch.tensor([[0, 1, 2, 0], [1, 2, 0, 0], [3, 4, 0, 0]])
+    trans, start, end = (s.detach() for s in crf._scores(torch.float64))
+    assert _scaled_forward(emissions, trans, start, end, mask).bad.tolist() == [False, True, False]
+    emissions.requires_grad_()
+    crf.nll(emissions, tags, mask).sum().backward()
+    got = [emissions.grad] + [p.grad for p in crf.parameters()]
+    leaves = [x.detach().clone().requires_grad_() for x in (emissions, *crf.parameters())]
+    allowed = (crf.allowed, crf.allowed_start, crf.allowed_end)
+    scores = [x.masked_fill(~ok, NEG_INF) for x, ok in zip(leaves[1:], allowed)]
+    log_z = _reference_log_z(leaves[0], *scores, mask)
+    (log_z - _path_score(leaves[0], tags, mask, *scores)).sum().backward()
+    for actual, leaf in zip(got, leaves):
+        assert torch.allclose(actual, leaf.grad, atol=1e-9)
+
+
+def test_nll_without_autograd_matches_nll_with_it() -> None:
+    for seed in range(20):
+        crf, emissions, mask, _ = random_case(seed)
+        tags = torch.randint(0, crf.num_tags, mask.shape)
+        with_grad = crf.nll(emissions.requires_grad_(), tags, mask)
+        with torch.no_grad():
+            without = crf.nll(emissions, tags, mask)
+        assert torch.equal(with_grad.detach(), without)
+
+
+def test_padding_values_change_nothing() -> None:
+    crf = CRF(5, allowed_transitions(tag_names(["A", "B"]), "BIO")).double()
+    torch.manual_seed(0)
+    emissions = torch.randn(4, 6, 5, dtype=torch.float64)
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[6], [3], [1], [0]])
+    tags = torch.tensor([[0, 1, 2, 0, 3, 4]] * 4)
+    tags[:, :2] = -1  # partial labels too
+    garbage = emissions.masked_fill(~mask.unsqueeze(-1), float("nan"))
+    garbage[1, 4] = float("inf")
+    results = []
+    for e in (emissions, garbage):
+        e = e.clone().requires_grad_()
+        nll = crf.nll(e, tags, mask) + crf.nll(e, tags.clamp(min=0), mask)
+        nll.sum().backward()
+        paths, scores = crf.decode(e, mask)
+        marginals = crf.marginals(e, mask)
+        results.append((nll, e.grad, paths, scores, marginals))
+    for clean, noisy in zip(*results):
+        assert torch.equal(clean, noisy)
+
+
+def test_agrees_with_pytorch_crf() -> None:
+    torchcrf = pytest.importorskip("torchcrf")
+    for seed, (batch, steps, k) in enumerate([(5, 7, 3), (16, 12, 9), (3, 30, 37), (1, 1, 2)]):
+        torch.manual_seed(seed)
+        crf = CRF(k).double()
+        with torch.no_grad():
+            for p in crf.parameters():
+                p.normal_()
+        theirs = torchcrf.CRF(k, batch_first=True).double()
+        theirs.load_state_dict({name: p.detach() for name, p in crf.named_parameters()})
+        emissions = torch.randn(batch, steps, k, dtype=torch.float64) * 3
+        lengths = torch.randint(1, steps + 1, (batch,))
+        mask = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)
+        tags = torch.randint(0, k, (batch, steps))
+        grads = []
+        for module, loss in ((crf, crf.nll), (theirs, lambda *a: -theirs(*a, reduction="none"))):
+            e = emissions.clone().requires_grad_()
+            nll = loss(e, tags, mask)
+            nll.sum().backward()
+            named = dict(module.named_parameters())
+            params = [named[n] for n in sorted(named)]  # pytorch-crf leaves unused ones at None
+            param_grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            grads.append([nll.detach(), e.grad, *param_grads])
+        for ours, expected in zip(*grads):
+            assert torch.allclose(ours, expected, rtol=1e-9, atol=1e-9)
+        paths, _ = crf.decode(emissions, mask)
+        assert CRF.to_lists(paths, mask) == theirs.decode(emissions, mask)
