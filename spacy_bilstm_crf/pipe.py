@@ -219,10 +219,12 @@ class BiLSTMCRFTagger(TrainablePipe):
         examples = list(examples)
         validate_examples(examples, "BiLSTMCRFTagger.get_loss")
         segments = bilstm_crf_model.doc_segments(self.model, [eg.predicted for eg in examples])
-        first, last = restart_tags(self.tag_names, self.cfg["scheme"])
+        names = self.tag_names
+        index = {name: i for i, name in enumerate(names)}
+        first, last = restart_tags(names, self.cfg["scheme"])
         gold = []
         for eg, lengths in zip(examples, segments):
-            for piece in split_by(self._gold_ids(eg), lengths):
+            for piece in split_by(self._gold_ids(eg, index), lengths):
                 # An entity cut by a segment boundary restarts there, as it does in prediction.
                 piece[0] = first.get(piece[0], piece[0])
                 piece[-1] = last.get(piece[-1], piece[-1])
@@ -312,9 +314,9 @@ class BiLSTMCRFTagger(TrainablePipe):
                 "(or train it with `spacy train`) before using it."
             )
 
-    def _gold_ids(self, example: Example) -> list[int]:
-        """Gold tag ids on the predicted tokens: `-1` where annotation is missing."""
-        index = {name: i for i, name in enumerate(self.tag_names)}
+    def _gold_ids(self, example: Example, index: dict[str, int]) -> list[int]:
+        """Gold tag ids (by `index`, tag name to id) on the predicted tokens: `-1` where
+        annotation is missing."""
         ids = []
         tags = example.get_aligned_ner()
         for tag in biluo_to_iob(tags) if self.cfg["scheme"] == "BIO" else tags:

@@ -273,8 +273,8 @@ def test_missing_annotation_is_trained_as_unknown() -> None:
     reference = doc.copy()
     reference.set_ents([Span(reference, 0, 2, "PERSON")], missing=[reference[2:]])
     assert [t.ent_iob for t in reference] == [3, 1, 0, 0, 0]
-    ids = ner._gold_ids(Example(doc, reference))
     names = ner.tag_names
+    ids = ner._gold_ids(Example(doc, reference), {name: i for i, name in enumerate(names)})
     assert ids == [names.index("B-PERSON"), names.index("I-PERSON"), -1, -1, -1]
     # Missing tokens cost nothing whatever the model says there: the loss is that of the
     # annotated prefix alone marginalised over the rest, so it is below the full-O loss.
