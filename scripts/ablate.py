@@ -10,6 +10,7 @@ softmax head can), words per second on test, and training time.
 """
 
 import argparse
+import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import spacy
+import torch
 from spacy.tokens import DocBin
 from spacy.training import Example
 from timed_run import run_timed
@@ -33,7 +35,14 @@ VARIANTS: dict[str, dict[str, str]] = {
 def train(
     config: Path, corpus: Path, output: Path, overrides: dict, seed: int, steps: int, threads: int
 ) -> float:
-    """Train one variant; returns the wall time in seconds."""
+    """Train one variant; returns the wall time in seconds.
+
+    A finished run (its `model-best` and recorded time exist) is not trained again, so that an
+    interrupted ablation resumes where it stopped.
+    """
+    record = output / "train_seconds.json"
+    if record.exists() and (output / "model-best").exists():
+        return float(json.loads(record.read_text(encoding="utf8"))["seconds"])
     command = ["python", "-m", "spacy", "train", str(config), "--output", str(output)]
     command += [
         "--paths.train",
@@ -47,6 +56,7 @@ def train(
     status, seconds = run_timed(command, threads)
     if status != 0:
         raise SystemExit(f"training failed ({status}): {' '.join(command)}")
+    record.write_text(json.dumps({"seconds": seconds}), encoding="utf8")
     return seconds
 
 
@@ -78,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--training-dir", type=Path, default=Path("training/ablation"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = []
     for name in args.variants:
         dev, test, invalid, speed, seconds = [], [], [], [], []
