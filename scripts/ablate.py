@@ -10,18 +10,14 @@ softmax head can), words per second on test, and training time.
 """
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import spacy
 import torch
-from spacy.tokens import DocBin
-from spacy.training import Example
-from timed_run import run_timed
+from seed_runs import mean_sd, score, train
 
 VARIANTS: dict[str, dict[str, str]] = {
     "BiLSTM-CRF (default)": {},
@@ -30,51 +26,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     "BiLSTM-CRF, CRF+CE loss": {"components.ner.model.loss": "crf+ce"},
     "BiLSTM-CRF, BILUO tags": {"components.ner.scheme": "BILUO"},
 }
-
-
-def train(
-    config: Path, corpus: Path, output: Path, overrides: dict, seed: int, steps: int, threads: int
-) -> float:
-    """Train one variant; returns the wall time in seconds.
-
-    A finished run (its `model-best` and recorded time exist) is not trained again, so that an
-    interrupted ablation resumes where it stopped.
-    """
-    record = output / "train_seconds.json"
-    if record.exists() and (output / "model-best").exists():
-        return float(json.loads(record.read_text(encoding="utf8"))["seconds"])
-    command = ["python", "-m", "spacy", "train", str(config), "--output", str(output)]
-    command += [
-        "--paths.train",
-        str(corpus / "train.spacy"),
-        "--paths.dev",
-        str(corpus / "dev.spacy"),
-    ]
-    command += ["--system.seed", str(seed), "--training.max_steps", str(steps)]
-    for key, value in overrides.items():
-        command += [f"--{key}", value]
-    status, seconds = run_timed(command, threads)
-    if status != 0:
-        raise SystemExit(f"training failed ({status}): {' '.join(command)}")
-    record.write_text(json.dumps({"seconds": seconds}), encoding="utf8")
-    return seconds
-
-
-def score(model: Path, data: Path) -> tuple[float, float, float]:
-    """Entity F1, invalid-sequence rate before repair, and words per second on `data`."""
-    nlp = spacy.load(model)
-    docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))
-    examples = [Example(nlp.make_doc(doc.text), doc) for doc in docs]
-    tagger = nlp.get_pipe("ner")
-    tagger.decode_stats.update(sequences=0, invalid=0)
-    scores = nlp.evaluate(examples)
-    stats = tagger.decode_stats
-    return scores["ents_f"], stats["invalid"] / max(stats["sequences"], 1), scores["speed"]
-
-
-def mean_sd(values: Sequence[float], scale: float = 100.0) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.mean(values):.2f} ± {scale * sd:.2f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,17 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:
             folder = args.training_dir / name.replace(" ", "_").replace(",", "") / str(seed)
             config, corpus = args.config, args.corpus
-            seconds.append(
-                train(config, corpus, folder, VARIANTS[name], seed, args.steps, args.threads)
+            overrides = VARIANTS[name]
+            run_seconds, _ = train(
+                config, corpus, folder, seed, args.threads, overrides, steps=args.steps
             )
-            dev.append(score(folder / "model-best", args.corpus / "dev.spacy")[0])
-            test_f, test_invalid, test_speed = score(
-                folder / "model-best", args.corpus / "test.spacy"
-            )
-            test.append(test_f)
-            invalid.append(test_invalid)
-            speed.append(test_speed)
-            print(f"{name} seed {seed}: dev {dev[-1]:.4f} test {test_f:.4f}", flush=True)
+            seconds.append(run_seconds)
+            dev.append(score(folder / "model-best", args.corpus / "dev.spacy").f)
+            test_score = score(folder / "model-best", args.corpus / "test.spacy")
+            test.append(test_score.f)
+            invalid.append(test_score.invalid_rate)
+            speed.append(test_score.words_per_second)
+            print(f"{name} seed {seed}: dev {dev[-1]:.4f} test {test[-1]:.4f}", flush=True)
         rows.append(
             f"| {name} | {mean_sd(dev)} | {mean_sd(test)} | {100 * statistics.mean(invalid):.2f}% "
             f"| {statistics.mean(speed):,.0f} | {statistics.mean(seconds) / 60:.1f} min |"

@@ -4,6 +4,10 @@ spaCy's CLI has no option for either. `compare.py` reads the training time from 
 
     python scripts/timed_run.py --threads 2 --output metrics/train.json -- python -m spacy train ...
 
+With `--budget SECONDS`, a command still running at the deadline gets SIGINT (Ctrl+C), as a
+user stopping `spacy train` by hand: spaCy then saves `model-last`, and `model-best` is the best
+checkpoint evaluated so far. Such a run counts as a success, recorded as `"stopped": true`.
+
 The thread count goes to the child process as OMP_NUM_THREADS, MKL_NUM_THREADS and
 OPENBLAS_NUM_THREADS, which torch and numpy read at startup. Torch uses every core by default.
 On a busy machine, more threads than free cores can make each training step many times
@@ -13,29 +17,55 @@ slower. A leading `python` runs as this interpreter, as `spacy project run` does
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Seconds an interrupted command gets to save its state before it is killed.
+GRACE_SECONDS = 120
 
 
-def run_timed(command: Sequence[str], threads: int) -> tuple[int, float]:
-    """Run `command` with `threads` CPU threads; return its exit status and wall time (s)."""
+@dataclass
+class Run:
+    """How a timed command ended."""
+
+    status: int
+    seconds: float
+    stopped: bool = False
+
+
+def run_timed(command: Sequence[str], threads: int, budget: float | None = None) -> Run:
+    """Run `command` with `threads` CPU threads, interrupting it after `budget` seconds."""
     if not command:
         raise ValueError("no command to run")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    if budget is not None and budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
     argv = list(command)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
     start = time.perf_counter()
-    status = subprocess.run(argv, env=env, check=False).returncode
-    return status, time.perf_counter() - start
+    process = subprocess.Popen(argv, env=env)
+    try:
+        status = process.wait(timeout=budget)
+        return Run(status, time.perf_counter() - start)
+    except subprocess.TimeoutExpired:
+        seconds = time.perf_counter() - start
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return Run(0, seconds, stopped=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,26 +73,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, required=True, help="CPU threads for the command")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--budget", type=float, default=None, help="seconds before SIGINT")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        status, seconds = run_timed(command, args.threads)
+        run = run_timed(command, args.threads, args.budget)
     except (ValueError, OSError) as err:
         print(f"timed_run: {err}", file=sys.stderr)
         return 2
-    if status != 0:
-        print(f"timed_run: the command failed with exit status {status}", file=sys.stderr)
-        return status
+    if run.status != 0:
+        print(f"timed_run: the command failed with exit status {run.status}", file=sys.stderr)
+        return run.status
     record = {
         "command": command,
-        "seconds": round(seconds, 2),
+        "seconds": round(run.seconds, 2),
         "threads": args.threads,
+        "budget": args.budget,
+        "stopped": run.stopped,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"timed_run: {seconds:.1f} s with {args.threads} thread(s), written to {args.output}")
+    print(f"timed_run: {run.seconds:.1f} s with {args.threads} thread(s), written to {args.output}")
     return 0
 
 

@@ -148,6 +148,24 @@ def test_timed_run_sets_threads_and_keeps_exit_status(tmp_path: Path) -> None:
     assert record["threads"] == 1 and record["seconds"] >= 0
 
 
+def test_timed_run_interrupts_at_the_budget(tmp_path: Path) -> None:
+    """At the budget the command gets SIGINT and may clean up; the run counts as a success."""
+    output = tmp_path / "time.json"
+    cleanup = tmp_path / "saved"
+    script = REPO / "scripts" / "timed_run.py"
+    program = (
+        "import pathlib, time\n"
+        "try:\n    time.sleep(60)\n"
+        f"except KeyboardInterrupt:\n    pathlib.Path({str(cleanup)!r}).touch()\n    raise\n"
+    )
+    command = ["--threads", "1", "--budget", "2", "--output", output, "--", "python", "-c"]
+    result = run(script, *command, program, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(output.read_text(encoding="utf-8"))
+    assert record["stopped"] is True and 2 <= record["seconds"] < 30
+    assert cleanup.exists()
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project after `spacy project run smoke` (about a minute on 2 cores)."""
@@ -266,3 +284,43 @@ def test_ablation_table_on_smoke_data(smoke: Path) -> None:
     for row in rows:
         dev_mean = float(row.split(" | ")[1].split(" ± ")[0])
         assert 0.0 <= dev_mean <= 100.0
+
+
+def test_seed_comparison_on_smoke_data(smoke: Path) -> None:
+    """Both systems, two seeds each: one table row per system, speed and memory per run."""
+    result = run(
+        "scripts/compare_seeds.py",
+        "corpus/smoke",
+        "metrics/smoke/seeds.md",
+        "--system",
+        "bilstm_crf=configs/bilstm_crf.cfg",
+        "--system",
+        "ner=configs/ner.cfg",
+        "--seeds",
+        "0",
+        "1",
+        "--threads",
+        "1",
+        "--budget",
+        "600",
+        "--steps",
+        "8",
+        "--training-dir",
+        "training/smoke/seeds",
+        cwd=smoke,
+        timeout=400,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    lines = (smoke / "metrics" / "smoke" / "seeds.md").read_text(encoding="utf-8").splitlines()
+    header = next(line for line in lines if line.startswith("| system"))
+    assert header.split(" | ")[1:4] == ["dev F1", "test F1", "test LOC"]
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith(("| bilstm", "| ner"))}
+    assert set(rows) == {"| bilstm_crf", "| ner"}
+    for row in rows.values():
+        assert row.endswith("(0/2 at the budget) |")
+        assert 0.0 <= float(row.split(" | ")[2].split(" ± ")[0]) <= 100.0
+    for system in ("bilstm_crf", "ner"):
+        for seed in ("0", "1"):
+            speed = smoke / "training" / "smoke" / "seeds" / system / seed / "speed.json"
+            record = json.loads(speed.read_text(encoding="utf-8"))
+            assert record["words_per_second"] > 0 and record["peak_rss_mb"] > 0

@@ -1,0 +1,128 @@
+"""Compare NER systems over several seeds at the same wall-clock budget, in one run.
+
+    python scripts/compare_seeds.py corpus/conll2003 metrics/conll2003/seeds.md \
+        --system bilstm_crf=configs/bilstm_crf.cfg --system ner=configs/ner.cfg \
+        --seeds 0 1 2 --threads 2 --budget 1200
+
+For each seed, every system trains in turn (so that slow phases of a shared machine hit all
+systems alike), with `--threads` CPU threads and at most `--budget` seconds: a run still going
+then is interrupted and keeps its best checkpoint. Each `model-best` is scored on dev and test,
+and `speed.py` measures `nlp.pipe` words per second and peak memory on the test texts in a
+process of its own. The Markdown table has the mean and standard deviation over seeds.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from seed_runs import mean_sd, score, train
+from speed import cpu_model
+
+SCRIPTS = Path(__file__).parent
+
+
+def system_arg(value: str) -> tuple[str, Path]:
+    """`NAME=CONFIG` -> (NAME, CONFIG)."""
+    name, sep, config = value.partition("=")
+    if not sep or not name or not config:
+        raise argparse.ArgumentTypeError(f"expected NAME=CONFIG, got {value!r}")
+    return name, Path(config)
+
+
+def measure_speed(model: Path, data: Path, threads: int, output: Path) -> dict:
+    """Run speed.py in a fresh process, so that its peak memory is this pipeline's alone."""
+    command = [sys.executable, str(SCRIPTS / "speed.py"), str(model), str(data)]
+    command += ["--threads", str(threads), "--output", str(output)]
+    subprocess.run(command, check=True)
+    return json.loads(output.read_text(encoding="utf8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path, help="folder with train/dev/test.spacy")
+    parser.add_argument("output", type=Path, help="Markdown table to write")
+    parser.add_argument("--system", type=system_arg, action="append", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget", type=float, required=True, help="training seconds per run")
+    parser.add_argument("--steps", type=int, default=None, help="max_steps for every system")
+    parser.add_argument("--training-dir", type=Path, default=Path("training/seeds"))
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results: dict[str, list[dict]] = {name: [] for name, _ in args.system}
+    for seed in args.seeds:
+        for name, config in args.system:
+            folder = args.training_dir / name / str(seed)
+            seconds, stopped = train(
+                config,
+                args.corpus,
+                folder,
+                seed,
+                args.threads,
+                steps=args.steps,
+                budget=args.budget,
+            )
+            model = folder / "model-best"
+            dev = score(model, args.corpus / "dev.spacy")
+            test = score(model, args.corpus / "test.spacy")
+            speed = measure_speed(
+                model, args.corpus / "test.spacy", args.threads, folder / "speed.json"
+            )
+            results[name].append(
+                {"seconds": seconds, "stopped": stopped, "dev": dev, "test": test, "speed": speed}
+            )
+            print(
+                f"{name} seed {seed}: dev {dev.f:.4f} test {test.f:.4f} "
+                f"{speed['words_per_second']:,} words/s, {seconds / 60:.1f} min",
+                flush=True,
+            )
+    labels = sorted(
+        {label for runs in results.values() for r in runs for label in r["test"].per_type}
+    )
+    rows = []
+    for name, runs in results.items():
+        per_type = [mean_sd([r["test"].per_type.get(label, 0.0) for r in runs]) for label in labels]
+        rows.append(
+            " | ".join(
+                [
+                    f"| {name}",
+                    mean_sd([r["dev"].f for r in runs]),
+                    mean_sd([r["test"].f for r in runs]),
+                    *per_type,
+                    f"{statistics.mean(r['speed']['words_per_second'] for r in runs):,.0f}",
+                    f"{statistics.mean(r['speed']['peak_rss_mb'] for r in runs):,.0f} MB",
+                    f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f} min "
+                    f"({sum(r['stopped'] for r in runs)}/{len(runs)} at the budget) |",
+                ]
+            )
+        )
+    date = datetime.now(timezone.utc).date().isoformat()
+    header = ["system", "dev F1", "test F1", *(f"test {label}" for label in labels)]
+    header += ["words/s", "peak RSS", "training"]
+    lines = [
+        f"## {args.title or args.corpus.name}",
+        "",
+        f"`{args.corpus}`, seeds {args.seeds}, budget {args.budget / 60:.0f} min per run, "
+        f"{args.threads} thread(s), {cpu_model()} ({platform.machine()}), {date}. "
+        "Mean ± standard deviation over seeds; words/s is `nlp.pipe` over the test texts.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *rows,
+    ]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines) + "\n", encoding="utf8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
