@@ -7,12 +7,16 @@ encoder, so the vectors go to it straight from the embedding tables.
 from collections.abc import Callable
 from typing import Any
 
+import numpy
 from spacy.ml._character_embed import CharacterEmbed
 from spacy.ml.models.tok2vec import MultiHashEmbed
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model, concatenate
+from thinc.api import Model, chain, concatenate
 from thinc.types import Floats2d
+
+# The NORM that word dropout gives a dropped token: one shared "unknown word" embedding.
+UNKNOWN_NORM = "<unk>"
 
 
 @registry.architectures("spacy-bilstm-crf.WordCharEmbed.v1")
@@ -23,20 +27,54 @@ def build_word_char_embed(
     include_static_vectors: bool = False,
     char_width: int = 16,
     char_count: int = 8,
+    word_dropout: float = 0.0,
 ) -> Model[list[Doc], list[Floats2d]]:
     """Per-token vectors of `width + char_width * char_count` values.
 
     `attrs`/`rows` and `include_static_vectors` are those of spaCy's `MultiHashEmbed` (e.g.
     NORM, PREFIX, SUFFIX, SHAPE); the characters are spaCy's `CharacterEmbed` features: the
     first and last `char_count // 2` UTF-8 bytes of each word, `char_width` values each.
+
+    `word_dropout`: in training, each token's NORM is replaced by one "unknown" value with this
+    probability, so that the model learns to tag words it has no embedding for (unseen names)
+    from their characters, shape and context.
     """
+    if not 0.0 <= word_dropout < 1.0:
+        raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+    if word_dropout and "NORM" not in [str(attr).upper() for attr in attrs]:
+        raise ValueError(f"word_dropout replaces the NORM attribute, which attrs {attrs} lack")
     words = MultiHashEmbed(
         width=width, attrs=attrs, rows=rows, include_static_vectors=include_static_vectors
     )
+    if word_dropout:
+        words = chain(drop_norms(word_dropout), words)
     chars = CharacterEmbed(nM=char_width, nC=char_count)
     model: Model[list[Doc], list[Floats2d]] = concatenate(words, chars)
     model.set_dim("nO", width + char_width * char_count, force=True)
     return model
+
+
+def drop_norms(rate: float) -> Model[list[Doc], list[Doc]]:
+    """In training, copies of the docs where each token's NORM is UNKNOWN_NORM with
+    probability `rate`; the docs themselves otherwise (the originals are never changed)."""
+    return Model("drop_norms", _drop_norms_forward, attrs={"rate": rate})
+
+
+def _drop_norms_forward(
+    model: Model, docs: list[Doc], is_train: bool
+) -> tuple[list[Doc], Callable]:
+    rate = model.attrs["rate"]
+    if not is_train or not rate:
+        return docs, lambda d_docs: []
+    out = []
+    for doc in docs:
+        dropped = numpy.flatnonzero(numpy.random.random(len(doc)) < rate)
+        if len(dropped):
+            doc = doc.copy()
+            for i in dropped:
+                doc[int(i)].norm_ = UNKNOWN_NORM
+        out.append(doc)
+    return out, lambda d_docs: []
 
 
 @registry.architectures("spacy-bilstm-crf.ConcatFeatures.v1")

@@ -1,0 +1,52 @@
+"""The token features: word dropout and its configuration errors."""
+
+import numpy
+import pytest
+import spacy
+from thinc.api import fix_random_seed
+
+from spacy_bilstm_crf.features import UNKNOWN_NORM, build_word_char_embed, drop_norms
+
+
+def test_word_dropout_replaces_norms_of_copies_at_the_rate() -> None:
+    nlp = spacy.blank("en")
+    docs = [nlp(" ".join(f"word{i}" for i in range(500))) for _ in range(4)]
+    fix_random_seed(0)
+    out, backprop = drop_norms(0.2)(docs, is_train=True)
+    dropped = [token.norm_ == UNKNOWN_NORM for doc in out for token in doc]
+    assert 0.15 < numpy.mean(dropped) < 0.25
+    kept = [(a.norm_, a.text) for doc in out for a in doc if a.norm_ != UNKNOWN_NORM]
+    assert all(norm == text for norm, text in kept)
+    assert all(token.norm_ != UNKNOWN_NORM for doc in docs for token in doc)
+    assert [doc.text for doc in out] == [doc.text for doc in docs]
+    assert backprop([]) == []
+
+
+def test_word_dropout_is_off_in_prediction() -> None:
+    nlp = spacy.blank("en")
+    docs = [nlp("Alpha beta gamma")]
+    out, _ = drop_norms(0.9)(docs, is_train=False)
+    assert out[0] is docs[0]
+
+
+def test_word_dropout_changes_training_features_only() -> None:
+    nlp = spacy.blank("en")
+    docs = [nlp("Peter Blackburn lives in Brussels and Paris")]
+    model = build_word_char_embed(32, ["NORM", "SHAPE"], [100, 50], word_dropout=0.5)
+    model.initialize(X=docs)
+    fix_random_seed(1)
+    predicted = model.predict(docs)[0]
+    assert numpy.array_equal(predicted, model.predict(docs)[0])
+    trained, _ = model.begin_update(docs)
+    assert not numpy.allclose(trained[0], predicted)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_word_dropout_rate_out_of_range(rate: float) -> None:
+    with pytest.raises(ValueError, match="word_dropout"):
+        build_word_char_embed(32, ["NORM"], [100], word_dropout=rate)
+
+
+def test_word_dropout_needs_norm() -> None:
+    with pytest.raises(ValueError, match="NORM"):
+        build_word_char_embed(32, ["LOWER", "SHAPE"], [100, 50], word_dropout=0.1)
