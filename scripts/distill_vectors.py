@@ -4,9 +4,12 @@
         --method contextual --threads 2
 
 Where no pretrained word vectors can be fetched, the packaged all-MiniLM-L6-v2 still knows
-English. This writes a spaCy pipeline folder whose `vocab.vectors` (keyed by LOWER, since the
-encoder is uncased) holds one vector per word type of the training text and per whole word of
-the encoder's own vocabulary:
+English. This writes a spaCy pipeline folder whose `vocab.vectors` holds one vector per
+lowercased word type of the training text and per whole word of the encoder's own vocabulary
+(the encoder is uncased). The table is keyed by ORTH, as spaCy's StaticVectors reads it: each
+row has the keys of the word's lowercase, Title, UPPER and seen spellings. (spaCy 3.8 does not
+save a `Vectors(attr="LOWER")` setting to disk, so a LOWER-keyed table would silently miss
+every capitalised token, names included, after loading.)
 
 - `wordpiece`: the mean of the word's wordpiece embedding rows (the encoder's input table);
 - `contextual`: the encoder's hidden states (mean of layers 1 to N), averaged over the word's
@@ -33,6 +36,16 @@ from transformers import AutoModel, AutoTokenizer
 from spacy_bilstm_crf.features import packaged_minilm
 
 WINDOW = 128
+
+
+def spellings(windows: list[list[str]], words: list[str]) -> dict[str, set[str]]:
+    """For each lowercased word: its lowercase, Title and UPPER forms and the forms seen."""
+    forms = {word: {word, word.title(), word.upper()} for word in words}
+    for window in windows:
+        for form in window:
+            if form.lower() in forms:
+                forms[form.lower()].add(form)
+    return forms
 
 
 def training_words(path: Path) -> list[list[str]]:
@@ -108,12 +121,15 @@ def contextual_sums(
     return sums, counts
 
 
-def distil(train: Path, method: str, model_path: str) -> tuple[list[str], numpy.ndarray]:
-    """Words (lowercased, unique) and their vectors, standardised per dimension."""
+def distil(
+    train: Path, method: str, model_path: str, encoder_vocabulary: bool = True
+) -> tuple[dict[str, set[str]], numpy.ndarray]:
+    """Spellings of each word (lowercased, unique, in row order) and the words' vectors,
+    standardised per dimension."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModel.from_pretrained(model_path).eval()
     windows = training_words(train)
-    encoder_words = vocabulary_words(tokenizer)
+    encoder_words = vocabulary_words(tokenizer) if encoder_vocabulary else []
     if method == "wordpiece":
         words = sorted({w.lower() for window in windows for w in window} | set(encoder_words))
         vectors = wordpiece_vectors(model, tokenizer, words)
@@ -127,7 +143,7 @@ def distil(train: Path, method: str, model_path: str) -> tuple[list[str], numpy.
         vectors = numpy.stack([sums[w] / counts[w] for w in words]).astype("float32")
     vectors -= vectors.mean(axis=0)
     vectors /= vectors.std(axis=0) + 1e-6
-    return words, vectors
+    return spellings(windows, words), vectors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,20 +153,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", choices=["wordpiece", "contextual"], default="contextual")
     parser.add_argument("--model", default=None, help="encoder folder or name (packaged MiniLM)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--training-words-only",
+        action="store_true",
+        help="leave out the encoder's own whole words (a smaller table)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    words, vectors = distil(args.train, args.method, args.model or packaged_minilm())
+    model = args.model or packaged_minilm()
+    forms, vectors = distil(args.train, args.method, model, not args.training_words_only)
     nlp = spacy.blank("en")
-    keys = [nlp.vocab.strings.add(word) for word in words]
-    nlp.vocab.vectors = Vectors(
-        strings=nlp.vocab.strings,
-        data=vectors,
-        keys=keys,
-        name=f"minilm_{args.method}",
-        attr="LOWER",
-    )
+    table = Vectors(strings=nlp.vocab.strings, data=vectors, name=f"minilm_{args.method}")
+    for row, spellings_of_word in enumerate(forms.values()):
+        for form in spellings_of_word:
+            table.add(nlp.vocab.strings.add(form), row=row)
+    nlp.vocab.vectors = table
     nlp.to_disk(args.output)
-    print(f"{len(words):,} vectors of width {vectors.shape[1]} ({args.method}) -> {args.output}")
+    print(
+        f"{len(forms):,} vectors of width {vectors.shape[1]} ({args.method}), "
+        f"{table.n_keys:,} keys -> {args.output}"
+    )
     return 0
 
 

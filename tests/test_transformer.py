@@ -3,6 +3,7 @@
 import random
 from pathlib import Path
 
+import numpy
 import pytest
 import spacy
 import torch
@@ -50,3 +51,42 @@ def test_transformer_config_trains_predicts_and_round_trips(tmp_path: Path) -> N
     nlp.to_disk(tmp_path / "nlp")
     loaded = spacy.load(tmp_path / "nlp")
     assert [ents(doc) for doc in loaded.pipe(texts)] == predicted
+
+
+@pytest.mark.parametrize("method", ["wordpiece", "contextual"])
+def test_distilled_vectors_feed_static_vectors(tmp_path: Path, method: str) -> None:
+    """scripts/distill_vectors.py writes vectors, one row per lowercased word with a key for
+    each spelling, that a config can switch on."""
+    import subprocess
+    import sys
+
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    docs = [nlp(text) for text, _ in TRAIN_DATA]
+    DocBin(docs=docs).to_disk(tmp_path / "train.spacy")
+    script = CONFIG.parents[1] / "scripts" / "distill_vectors.py"
+    command = [sys.executable, script, tmp_path / "train.spacy", tmp_path / "vectors"]
+    command += ["--method", method, "--threads", "1", "--training-words-only"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    vectors = spacy.load(tmp_path / "vectors").vocab.vectors
+    words = {token.lower_ for doc in docs for token in doc}
+    assert vectors.shape == (len(words), 384)
+    rows = vectors.find(keys=["berlin", "Berlin", "BERLIN", "london", "London"])
+    assert rows[0] == rows[1] == rows[2] and rows[3] == rows[4] and rows[0] != rows[3]
+    assert not numpy.allclose(vectors.data[rows[0]], vectors.data[rows[3]])
+    assert numpy.allclose(vectors.data.mean(axis=0), 0.0, atol=1e-4)
+
+    overrides = {
+        "paths.vectors": str(tmp_path / "vectors"),
+        "components.ner.model.tok2vec.include_static_vectors": True,
+    }
+    config = load_config(CONFIG.parent / "bilstm_crf.cfg", overrides=overrides, interpolate=True)
+    with_vectors = load_model_from_config(config, auto_fill=True)
+    examples = [Example.from_dict(with_vectors.make_doc(t), a) for t, a in TRAIN_DATA]
+    with_vectors.initialize(lambda: examples)
+    assert with_vectors.vocab.vectors.shape == vectors.shape
+    losses: dict[str, float] = {}
+    with_vectors.update(examples, losses=losses)
+    assert losses["ner"] > 0
