@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from seed_runs import mean_sd, score, train
+from seed_runs import mean_sd, score, train, write_lines
 
 VARIANTS: dict[str, dict[str, str]] = {
     "BiLSTM-CRF (default)": {},
@@ -70,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n", encoding="utf8")
-    print("\n".join(lines))
+    write_lines(args.output, lines)
     return 0
 
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from seed_runs import mean_sd, score, train
+from seed_runs import mean_sd, score, train, write_lines
 from speed import cpu_model
 
 SCRIPTS = Path(__file__).parent
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"## {args.title or args.corpus.name}",
         "",
-        f"`{args.corpus}`, seeds {args.seeds}, budget {args.budget / 60:.0f} min per run, "
+        f"`{args.corpus}`, seeds {args.seeds}, budget {args.budget / 60:g} min per run, "
         f"{args.threads} thread(s), {cpu_model()} ({platform.machine()}), {date}. "
         "Mean ± standard deviation over seeds; words/s is `nlp.pipe` over the test texts.",
         "",
@@ -118,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|" + " --- |" * len(header),
         *rows,
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n", encoding="utf8")
-    print("\n".join(lines))
+    write_lines(args.output, lines)
     return 0
 
 

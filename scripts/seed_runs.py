@@ -83,3 +83,10 @@ def mean_sd(values: Sequence[float], scale: float = 100.0) -> str:
     """`mean ± sd` of `values` times `scale`, two decimals (sd 0 for one value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{scale * statistics.mean(values):.2f} ± {scale * sd:.2f}"
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+    """Write a Markdown table (or any lines) to `path` and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+    print("\n".join(lines))
