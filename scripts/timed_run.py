@@ -31,6 +31,12 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 GRACE_SECONDS = 120
 
 
+def _default_sigint() -> None:
+    """In the child: take SIGINT as Ctrl+C even when this script runs in the background of a
+    non-interactive shell, which starts its jobs with SIGINT ignored (and exec keeps that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Run:
     """How a timed command ended."""
@@ -53,7 +59,7 @@ def run_timed(command: Sequence[str], threads: int, budget: float | None = None)
         argv[0] = sys.executable
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
     start = time.perf_counter()
-    process = subprocess.Popen(argv, env=env)
+    process = subprocess.Popen(argv, env=env, preexec_fn=_default_sigint)
     try:
         status = process.wait(timeout=budget)
         return Run(status, time.perf_counter() - start)
