@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import spacy
 import torch
 from seed_runs import mean_sd, score, train, write_lines
 
@@ -51,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config, corpus, folder, seed, args.threads, overrides, steps=args.steps
             )
             seconds.append(run_seconds)
-            dev.append(score(folder / "model-best", args.corpus / "dev.spacy").f)
-            test_score = score(folder / "model-best", args.corpus / "test.spacy")
+            nlp = spacy.load(folder / "model-best")
+            dev.append(score(nlp, args.corpus / "dev.spacy").f)
+            test_score = score(nlp, args.corpus / "test.spacy")
             test.append(test_score.f)
             invalid.append(test_score.invalid_rate)
             speed.append(test_score.words_per_second)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import spacy
 import torch
 from seed_runs import mean_sd, score, train, write_lines
 from speed import cpu_model
@@ -71,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 budget=args.budget,
             )
             model = folder / "model-best"
-            dev = score(model, args.corpus / "dev.spacy")
-            test = score(model, args.corpus / "test.spacy")
+            nlp = spacy.load(model)
+            dev = score(nlp, args.corpus / "dev.spacy")
+            test = score(nlp, args.corpus / "test.spacy")
             speed = measure_speed(
                 model, args.corpus / "test.spacy", args.threads, folder / "speed.json"
             )

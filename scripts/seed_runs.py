@@ -61,13 +61,12 @@ def train(
     return run.seconds, run.stopped
 
 
-def score(model: Path, data: Path, component: str = "ner") -> Score:
+def score(nlp: spacy.Language, data: Path, component: str = "ner") -> Score:
     """Entity F1 (overall and per type) on `data`, with `nlp.evaluate`'s words per second.
 
     For the `bilstm_crf` component, also the share of decoded sequences that broke the tag
     scheme before repair (only its softmax head can); other components report 0.
     """
-    nlp = spacy.load(model)
     docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))
     examples = [Example(nlp.make_doc(doc.text), doc) for doc in docs]
     stats = getattr(nlp.get_pipe(component), "decode_stats", None)
