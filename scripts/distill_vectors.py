@@ -23,13 +23,14 @@ trained pipeline stores the table in its vocab.
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy
 import spacy
 import torch
 from spacy.tokens import DocBin
+from spacy.util import minibatch
 from spacy.vectors import Vectors
 from transformers import AutoModel, AutoTokenizer
 
@@ -67,11 +68,6 @@ def vocabulary_words(tokenizer: AutoTokenizer) -> list[str]:
     ]
 
 
-def batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def wordpiece_vectors(
     model: AutoModel, tokenizer: AutoTokenizer, words: list[str]
 ) -> numpy.ndarray:
@@ -92,7 +88,7 @@ def contextual_sums(
     """Sum and count of each lowercased word's contextual vectors over `windows`."""
     sums: dict[str, numpy.ndarray] = {}
     counts: dict[str, int] = {}
-    for batch in batches(windows, batch_size):
+    for batch in minibatch(windows, batch_size):
         encoded = tokenizer(
             list(batch),
             is_split_into_words=True,
