@@ -33,7 +33,8 @@ def test_learns_conll2003_from_1000_sentences() -> None:
     random.seed(0)
     torch.manual_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe("bilstm_crf")
+    ner = nlp.add_pipe("bilstm_crf")
+    assert ner.cfg["scheme"] == "BILUO", "the factory default should be spaCy ner's scheme"
     train = examples(nlp, DATA / "train.conll", 1000)
     dev = examples(nlp, DATA / "dev.conll", 300)
     optimizer = nlp.initialize(lambda: train)

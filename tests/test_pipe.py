@@ -23,11 +23,13 @@ TRAIN_DATA = [
     ("Shaka Khan lives in Berlin.", {"entities": [(0, 10, "PERSON"), (20, 26, "LOC")]}),
     ("Nothing to see here.", {"entities": []}),
 ]
+# These tests look at BIO tag ids; tests/test_variants.py covers BILUO, the default.
 SMALL_MODEL = {
+    "scheme": "BIO",
     "model": {
         "hidden_width": 32,
         "tok2vec": {"width": 32, "rows": [500, 200, 200, 200], "char_width": 8},
-    }
+    },
 }
 
 

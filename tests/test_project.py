@@ -270,7 +270,7 @@ def test_ablation_table_on_smoke_data(smoke: Path) -> None:
         "--training-dir",
         "training/smoke/ablation",
         "--variants",
-        "BiLSTM-CRF (default)",
+        "BiLSTM-CRF, BIO tags",
         "BiLSTM + softmax",
         cwd=smoke,
         timeout=240,
@@ -278,7 +278,7 @@ def test_ablation_table_on_smoke_data(smoke: Path) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     lines = (smoke / "metrics" / "smoke" / "ablation.md").read_text(encoding="utf-8").splitlines()
     rows = [line for line in lines if line.startswith("| BiLSTM")]
-    assert [row.split(" | ")[0] for row in rows] == ["| BiLSTM-CRF (default)", "| BiLSTM + softmax"]
+    assert [row.split(" | ")[0] for row in rows] == ["| BiLSTM-CRF, BIO tags", "| BiLSTM + softmax"]
     crf_invalid = rows[0].split(" | ")[3]
     assert crf_invalid == "0.00%"  # the CRF never decodes an invalid sequence
     for row in rows:
