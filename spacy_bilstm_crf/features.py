@@ -15,6 +15,8 @@ from spacy.util import registry
 from thinc.api import Model, chain, concatenate
 from thinc.types import Floats2d
 
+from .chars import build_char_cnn
+
 # The NORM that word dropout gives a dropped token: one shared "unknown word" embedding.
 UNKNOWN_NORM = "<unk>"
 
@@ -28,8 +30,9 @@ def build_word_char_embed(
     char_width: int = 16,
     char_count: int = 8,
     word_dropout: float = 0.0,
+    char_cnn_width: int = 0,
 ) -> Model[list[Doc], list[Floats2d]]:
-    """Per-token vectors of `width + char_width * char_count` values.
+    """Per-token vectors of `width + char_width * char_count + char_cnn_width` values.
 
     `attrs`/`rows` and `include_static_vectors` are those of spaCy's `MultiHashEmbed` (e.g.
     NORM, PREFIX, SUFFIX, SHAPE); the characters are spaCy's `CharacterEmbed` features: the
@@ -38,6 +41,9 @@ def build_word_char_embed(
     `word_dropout`: in training, each token's NORM is replaced by one "unknown" value with this
     probability, so that the model learns to tag words it has no embedding for (unseen names)
     from their characters, shape and context.
+
+    `char_cnn_width`: if positive, also a character CNN over each whole word (see `chars.py`)
+    with this many filters.
     """
     if not 0.0 <= word_dropout < 1.0:
         raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
@@ -48,9 +54,13 @@ def build_word_char_embed(
     )
     if word_dropout:
         words = chain(drop_norms(word_dropout), words)
-    chars = CharacterEmbed(nM=char_width, nC=char_count)
-    model: Model[list[Doc], list[Floats2d]] = concatenate(words, chars)
-    model.set_dim("nO", width + char_width * char_count, force=True)
+    if char_cnn_width < 0:
+        raise ValueError(f"char_cnn_width must be 0 (off) or positive, got {char_cnn_width}")
+    layers = [words, CharacterEmbed(nM=char_width, nC=char_count)]
+    if char_cnn_width:
+        layers.append(build_char_cnn(char_cnn_width))
+    model: Model[list[Doc], list[Floats2d]] = concatenate(*layers)
+    model.set_dim("nO", width + char_width * char_count + char_cnn_width, force=True)
     return model
 
 
