@@ -29,6 +29,7 @@ class Result:
     scores: dict[str, Any]
     speed: dict[str, Any]
     train_seconds: float
+    train_threads: int | None
     size_bytes: int
     max_steps: int
 
@@ -50,11 +51,13 @@ def load_result(name: str, metrics_dir: Path, training_dir: Path) -> Result:
     """Collect one system's files (see the module docstring)."""
     model = training_dir / name / "model-best"
     config = load_config(model / "config.cfg")
+    train = _read_json(metrics_dir / f"{name}-train.json")
     return Result(
         name=name,
         scores=_read_json(metrics_dir / f"{name}.json"),
         speed=_read_json(metrics_dir / f"{name}-speed.json"),
-        train_seconds=float(_read_json(metrics_dir / f"{name}-train.json")["seconds"]),
+        train_seconds=float(train["seconds"]),
+        train_threads=train.get("threads"),
         size_bytes=directory_size(model),
         max_steps=int(config["training"]["max_steps"]),
     )
@@ -98,6 +101,13 @@ def markdown_table(results: Sequence[Result], title: str) -> str:
     steps = {r.name: r.max_steps for r in results}
     if len(set(steps.values())) > 1:
         lines += ["", f"Note: the step budgets differ: {steps}."]
+    speed_threads = {r.name: r.speed["threads"] for r in results}
+    train_threads = {r.name: r.train_threads for r in results}
+    if len(set(speed_threads.values())) > 1 or len(set(train_threads.values())) > 1:
+        lines += [
+            "",
+            f"Note: the thread counts differ: speed {speed_threads}, training {train_threads}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
