@@ -43,6 +43,7 @@ LEVERS: dict[str, dict[str, str]] = {
         CNN: "50",
         "components.ner.model.tok2vec.word_dropout": "0.1",
     },
+    "BILUO, word dropout 0.25": {**BILUO, "components.ner.model.tok2vec.word_dropout": "0.25"},
 }
 CHOICES = {**VARIANTS, **LEVERS}
 

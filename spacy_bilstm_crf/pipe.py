@@ -39,6 +39,7 @@ rows = [5000, 1000, 2500, 2500]
 include_static_vectors = false
 char_width = 16
 char_count = 8
+word_dropout = 0.25
 """
 DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
 

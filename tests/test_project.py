@@ -14,7 +14,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import spacy
 import srsly
+from spacy.tokens import Doc, DocBin
 from weasel.util import load_project_config
 
 from spacy_bilstm_crf.conll import convert
@@ -324,3 +326,51 @@ def test_seed_comparison_on_smoke_data(smoke: Path) -> None:
             speed = smoke / "training" / "smoke" / "seeds" / system / seed / "speed.json"
             record = json.loads(speed.read_text(encoding="utf-8"))
             assert record["words_per_second"] > 0 and record["peak_rss_mb"] > 0
+
+
+def test_seen_unseen_split_counts_exactly() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    from seen_unseen import entity_texts, split_recall
+
+    nlp = spacy.blank("en")
+    train = [Doc(nlp.vocab, words=["Paris", "and", "Leeds"], ents=["B-LOC", "O", "B-ORG"])]
+    gold = [
+        Doc(
+            nlp.vocab,
+            words=["Leeds", "beat", "Hull", "City"],
+            ents=["B-ORG", "O", "B-ORG", "I-ORG"],
+        )
+    ]
+    # Leeds found with the right label; "Hull City" missed; "beat" a wrong, unseen prediction.
+    predicted = [
+        Doc(
+            nlp.vocab,
+            words=["Leeds", "beat", "Hull", "City"],
+            ents=["B-ORG", "B-PER", "B-LOC", "O"],
+        )
+    ]
+    assert entity_texts(train) == {"paris", "leeds"}
+    assert split_recall(gold, predicted, entity_texts(train)) == {
+        "seen": {"gold": 1, "found": 1, "wrong": 0},
+        "unseen": {"gold": 1, "found": 0, "wrong": 2},
+    }
+
+
+def test_seen_unseen_script_on_smoke_model(smoke: Path) -> None:
+    result = run(
+        "scripts/seen_unseen.py",
+        "training/smoke/bilstm_crf/model-best",
+        "corpus/smoke/train.spacy",
+        "corpus/smoke/test.spacy",
+        cwd=smoke,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["seen", "unseen"]
+    total = sum(int(line.split()[1]) for line in lines)
+    assert total == sum(len(doc.ents) for doc in _docs(smoke / "corpus/smoke/test.spacy"))
+
+
+def _docs(path: Path) -> list[Doc]:
+    return list(DocBin().from_disk(path).get_docs(spacy.blank("en").vocab))
