@@ -48,7 +48,11 @@ class CharCNN(nn.Module):
 
 def word_bytes(words: Sequence[str], max_bytes: int) -> numpy.ndarray:
     """`(len(words), max_bytes)` byte ids of each word's UTF-8 text, PAD-filled; a longer word
-    keeps its first `max_bytes // 2` and last `max_bytes - max_bytes // 2` bytes."""
+    keeps its first `max_bytes // 2` and last `max_bytes - max_bytes // 2` bytes.
+
+    spaCy's `Doc.to_utf8_array` clips words the same way but interleaves the two ends (0, -1,
+    1, -2, ...), which would break the neighbourhoods that the convolution reads.
+    """
     ids = numpy.zeros((len(words), max_bytes), dtype="int64")
     head = max_bytes // 2
     for i, word in enumerate(words):

@@ -49,13 +49,13 @@ def build_word_char_embed(
         raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
     if word_dropout and "NORM" not in [str(attr).upper() for attr in attrs]:
         raise ValueError(f"word_dropout replaces the NORM attribute, which attrs {attrs} lack")
+    if char_cnn_width < 0:
+        raise ValueError(f"char_cnn_width must be 0 (off) or positive, got {char_cnn_width}")
     words = MultiHashEmbed(
         width=width, attrs=attrs, rows=rows, include_static_vectors=include_static_vectors
     )
     if word_dropout:
         words = chain(drop_norms(word_dropout), words)
-    if char_cnn_width < 0:
-        raise ValueError(f"char_cnn_width must be 0 (off) or positive, got {char_cnn_width}")
     layers = [words, CharacterEmbed(nM=char_width, nC=char_count)]
     if char_cnn_width:
         layers.append(build_char_cnn(char_cnn_width))
