@@ -23,27 +23,35 @@ import spacy
 import torch
 from seed_runs import mean_sd, score, train, write_lines
 
-# Each variant changes one thing of the BIO baseline. The scheme is always given, so that the
-# table means the same whatever the config's default scheme is.
-BIO = {"components.ner.scheme": "BIO"}
+# Each variant changes one thing of the BIO baseline. The scheme, word dropout and static
+# vectors are always given, so that the table means the same whatever the config's defaults are.
+TOK2VEC = "components.ner.model.tok2vec"
+PLAIN = {f"{TOK2VEC}.word_dropout": "0.0", f"{TOK2VEC}.include_static_vectors": "false"}
+BIO = {"components.ner.scheme": "BIO", **PLAIN}
 VARIANTS: dict[str, dict[str, str]] = {
     "BiLSTM-CRF, BIO tags": BIO,
     "BiGRU-CRF": {**BIO, "components.ner.model.rnn": "gru"},
     "BiLSTM + softmax": {**BIO, "components.ner.model.head": "softmax"},
     "BiLSTM-CRF, CRF+CE loss": {**BIO, "components.ner.model.loss": "crf+ce"},
-    "BiLSTM-CRF, BILUO tags": {"components.ner.scheme": "BILUO"},
+    "BiLSTM-CRF, BILUO tags": {"components.ner.scheme": "BILUO", **PLAIN},
 }
 # Levers tried on top of the default (BILUO tags), each one change; `--variants` picks them.
 BILUO = VARIANTS["BiLSTM-CRF, BILUO tags"]
-CNN = "components.ner.model.tok2vec.char_cnn_width"
+CNN = f"{TOK2VEC}.char_cnn_width"
 LEVERS: dict[str, dict[str, str]] = {
     "BILUO, char CNN 50": {**BILUO, CNN: "50"},
     "BILUO, char CNN 50, word dropout 0.1": {
         **BILUO,
         CNN: "50",
-        "components.ner.model.tok2vec.word_dropout": "0.1",
+        f"{TOK2VEC}.word_dropout": "0.1",
     },
-    "BILUO, word dropout 0.25": {**BILUO, "components.ner.model.tok2vec.word_dropout": "0.25"},
+    "BILUO, word dropout 0.25": {**BILUO, f"{TOK2VEC}.word_dropout": "0.25"},
+    # Needs --vectors (scripts/distill_vectors.py --method wordpiece).
+    "BILUO, word dropout 0.25, MiniLM vectors": {
+        **BILUO,
+        f"{TOK2VEC}.word_dropout": "0.25",
+        f"{TOK2VEC}.include_static_vectors": "true",
+    },
 }
 CHOICES = {**VARIANTS, **LEVERS}
 
@@ -58,7 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--training-dir", type=Path, default=Path("training/ablation"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(CHOICES))
+    parser.add_argument(
+        "--vectors", type=Path, default=None, help="[paths] vectors, for the variants that use them"
+    )
     args = parser.parse_args(argv)
+    for name in args.variants:
+        if CHOICES[name].get(f"{TOK2VEC}.include_static_vectors") == "true" and not args.vectors:
+            parser.error(f"variant {name!r} uses static vectors: give --vectors")
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.variants:
@@ -66,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:
             folder = args.training_dir / name.replace(" ", "_").replace(",", "") / str(seed)
             config, corpus = args.config, args.corpus
-            overrides = CHOICES[name]
+            overrides = dict(CHOICES[name])
+            if args.vectors:
+                overrides["paths.vectors"] = str(args.vectors)
             run_seconds, _ = train(
                 config, corpus, folder, seed, args.threads, overrides, steps=args.steps
             )

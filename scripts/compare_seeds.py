@@ -37,6 +37,15 @@ def system_arg(value: str) -> tuple[str, Path]:
     return name, Path(config)
 
 
+def setting_arg(value: str) -> tuple[str, str, str]:
+    """`NAME:KEY=VALUE` -> (NAME, KEY, VALUE): a config override for one system."""
+    name, sep, setting = value.partition(":")
+    key, eq, setting_value = setting.partition("=")
+    if not sep or not eq or not name or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE, got {value!r}")
+    return name, key, setting_value
+
+
 def measure_speed(model: Path, data: Path, threads: int, output: Path) -> dict:
     """Run speed.py in a fresh process, so that its peak memory is this pipeline's alone."""
     command = [sys.executable, str(SCRIPTS / "speed.py"), str(model), str(data)]
@@ -50,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("corpus", type=Path, help="folder with train/dev/test.spacy")
     parser.add_argument("output", type=Path, help="Markdown table to write")
     parser.add_argument("--system", type=system_arg, action="append", required=True)
+    parser.add_argument(
+        "--set",
+        type=setting_arg,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="config override for one system, e.g. bilstm_crf:paths.vectors=corpus/x/vectors",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, required=True, help="training seconds per run")
@@ -57,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--training-dir", type=Path, default=Path("training/seeds"))
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
+    names = [name for name, _ in args.system]
+    overrides: dict[str, dict[str, str]] = {name: {} for name in names}
+    for name, key, value in args.set:
+        if name not in overrides:
+            parser.error(f"--set names {name!r}, which is not a --system ({', '.join(names)})")
+        overrides[name][key] = value
     torch.set_num_threads(args.threads)
     results: dict[str, list[dict]] = {name: [] for name, _ in args.system}
     for seed in args.seeds:
@@ -68,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 folder,
                 seed,
                 args.threads,
+                overrides[name],
                 steps=args.steps,
                 budget=args.budget,
             )

@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for form in spellings_of_word:
             table.add(nlp.vocab.strings.add(form), row=row)
     nlp.vocab.vectors = table
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     nlp.to_disk(args.output)
     print(
         f"{len(forms):,} vectors of width {vectors.shape[1]} ({args.method}), "

@@ -56,11 +56,35 @@ def build_word_char_embed(
     )
     if word_dropout:
         words = chain(drop_norms(word_dropout), words)
+    if include_static_vectors:
+        words = chain(require_vectors(), words)
     layers = [words, CharacterEmbed(nM=char_width, nC=char_count)]
     if char_cnn_width:
         layers.append(build_char_cnn(char_cnn_width))
     model: Model[list[Doc], list[Floats2d]] = concatenate(*layers)
     model.set_dim("nO", width + char_width * char_count + char_cnn_width, force=True)
+    return model
+
+
+def require_vectors() -> Model[list[Doc], list[Doc]]:
+    """The docs, unchanged; initializing it fails with a clear message if their vocab has no
+    vectors (spaCy's StaticVectors would fail later with an IndexError)."""
+    return Model("require_vectors", _pass_docs, init=_init_require_vectors)
+
+
+def _pass_docs(model: Model, docs: list[Doc], is_train: bool) -> tuple[list[Doc], Callable]:
+    return docs, lambda d_docs: []
+
+
+def _init_require_vectors(
+    model: Model, X: list[Doc] | None = None, Y: Any = None
+) -> Model[list[Doc], list[Doc]]:
+    if X and X[0].vocab.vectors.shape[0] == 0:
+        raise ValueError(
+            "include_static_vectors is true, but the vocab has no vectors. Set [paths] vectors "
+            "(e.g. the output of scripts/distill_vectors.py, or a pipeline with vectors such as "
+            "en_core_web_lg), or set include_static_vectors = false."
+        )
     return model
 
 

@@ -1,4 +1,4 @@
-"""The token features: word dropout and its configuration errors."""
+"""The token features: word dropout, static vectors and their configuration errors."""
 
 import numpy
 import pytest
@@ -50,3 +50,28 @@ def test_word_dropout_rate_out_of_range(rate: float) -> None:
 def test_word_dropout_needs_norm() -> None:
     with pytest.raises(ValueError, match="NORM"):
         build_word_char_embed(32, ["LOWER", "SHAPE"], [100, 50], word_dropout=0.1)
+
+
+def test_static_vectors_need_vectors_in_the_vocab() -> None:
+    nlp = spacy.blank("en")
+    model = build_word_char_embed(32, ["NORM"], [100], include_static_vectors=True)
+    with pytest.raises(ValueError, match="include_static_vectors is true, but the vocab has no"):
+        model.initialize(X=[nlp("Paris is nice")])
+
+
+def test_static_vectors_reach_the_features() -> None:
+    """Words with the same shape and first and last characters differ only by their vectors; a
+    word without a vector gets what an all-zero vector gives."""
+    nlp = spacy.blank("en")
+    nlp.vocab.set_vector("Bern", numpy.ones(8, dtype="float32"))
+    nlp.vocab.set_vector("Born", -numpy.ones(8, dtype="float32"))
+    fix_random_seed(0)
+    model = build_word_char_embed(32, ["SHAPE"], [50], include_static_vectors=True, char_count=2)
+    docs = [nlp("Bern"), nlp("Born"), nlp("Bonn")]
+    model.initialize(X=docs)
+    bern, born, bonn = (vectors[0] for vectors in model.predict(docs))
+    assert not numpy.allclose(bern, born)
+    nlp.vocab.set_vector("Bonn", numpy.zeros(8, dtype="float32"))
+    assert numpy.allclose(model.predict([nlp("Bonn")])[0][0], bonn)
+    nlp.vocab.set_vector("Bonn", numpy.ones(8, dtype="float32"))
+    assert numpy.allclose(model.predict([nlp("Bonn")])[0][0], bern)

