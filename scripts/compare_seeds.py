@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--set names {name!r}, which is not a --system ({', '.join(names)})")
         overrides[name][key] = value
     torch.set_num_threads(args.threads)
-    results: dict[str, list[dict]] = {name: [] for name, _ in args.system}
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for seed in args.seeds:
         for name, config in args.system:
             folder = args.training_dir / name / str(seed)
