@@ -11,12 +11,13 @@ wanted, the backward recursion runs in the same loop over the steps in reverse, 
 block-diagonal product per step serves both. A row whose renormaliser gets so small that
 underflow could change the result is recomputed in log space, so the fast path never trades
 exactness for speed. Viterbi keeps only scores on the way forward and recomputes, on the way
-back, the one maximum per step that the best path needs.
+back, the one maximum per step that the best path needs; `nbest.py` has the k-best Viterbi.
 
 On CPU, at the sizes of NER batches, time goes to the overhead of each torch operation rather
 than to arithmetic, so the loops are kept to a few operations per step on preallocated buffers.
 """
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,9 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .nbest import kbest_viterbi
 from .tags import Constraints
 
 BoolMatrix = Tensor | Sequence[Sequence[bool]]
+INFEASIBLE = ("raise", "inf")
 
 
 class CRF(nn.Module):
@@ -55,9 +58,11 @@ class CRF(nn.Module):
     def extra_repr(self) -> str:
         return f"num_tags={self.num_tags}"
 
-    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None, infeasible: str = "raise"
+    ) -> Tensor:
         """Same as `nll`: the per-sequence negative log-likelihood."""
-        return self.nll(emissions, tags, mask)
+        return self.nll(emissions, tags, mask, infeasible=infeasible)
 
     def nll(
         self,
@@ -65,19 +70,29 @@ class CRF(nn.Module):
         tags: Tensor,
         mask: Tensor | None = None,
         candidates: Tensor | None = None,
+        *,
+        infeasible: str = "raise",
     ) -> Tensor:
         """Negative log-likelihood of `tags` per sequence, shape `(B,)`.
 
         A tag of `-1` means unknown: the likelihood sums over every tag there, or over the tags
         that `candidates` (bool `(B, T, K)`) allows. Fully observed rows use the gold path score
-        directly; infeasible gold paths (a forbidden move) give `inf`.
+        directly. A row that no allowed path agrees with (gold tags with a forbidden move, or
+        known tags and candidates that leave no allowed path) is a ValueError naming the row,
+        the position and the move; with `infeasible="inf"` its loss is `inf` instead, with a
+        zero gradient.
         """
+        if infeasible not in INFEASIBLE:
+            raise ValueError(f"infeasible must be one of {INFEASIBLE}, got {infeasible!r}.")
         mask = self._check(emissions, mask)
         tags = self._check_tags(tags, mask)
         trans, start, end = self._scores(emissions.dtype)
         unknown = (tags == -1) & mask  # shape: (B, T)
         if not bool(unknown.any()):
-            return _gold_nll(emissions, trans, start, end, mask, tags)
+            nll = _gold_nll(emissions, trans, start, end, mask, tags)
+            if infeasible == "raise":
+                self._raise_if_infeasible(nll, emissions, tags, mask, None)
+            return nll
         log_z = _log_partition(emissions, trans, start, end, mask)
         known = tags.clamp(min=0)
         observed = nn.functional.one_hot(known, self.num_tags).bool()  # shape: (B, T, K)
@@ -92,7 +107,10 @@ class CRF(nn.Module):
         allowed_tags = torch.where(unknown.unsqueeze(-1), free, observed)
         clamped = emissions.masked_fill(~allowed_tags, float("-inf"))
         log_z_observed = _log_partition(clamped, trans, start, end, mask)
-        return _difference(log_z, log_z_observed)
+        nll = _difference(log_z, log_z_observed)
+        if infeasible == "raise":
+            self._raise_if_infeasible(nll, emissions, tags, mask, candidates)
+        return nll
 
     def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Log of the sum of exp-scores over all allowed paths, shape `(B,)`."""
@@ -135,11 +153,65 @@ class CRF(nn.Module):
         mask = self._check(emissions, mask)
         return _viterbi(emissions.detach(), mask, *self._scores(emissions.dtype))
 
+    @torch.no_grad()
+    def nbest(
+        self, emissions: Tensor, mask: Tensor | None = None, *, k: int
+    ) -> tuple[Tensor, Tensor]:
+        """k-best Viterbi: the `k` best allowed paths per sequence and their scores, best first.
+
+        Returns `paths` `(B, k, T)` long, padded with `-1` where masked, and `scores` `(B, k)`.
+        A row with fewer than `k` allowed paths fills the rest with score `-inf` and only `-1`
+        tags; a row of length zero has one path, the empty one, with score 0. Paths of equal
+        score come in the order of their tags read from the end, lowest first, so `k=1` gives
+        `decode`'s paths and scores exactly. `path_probs` turns the scores into probabilities;
+        `nbest_to_lists` gives ragged lists without the missing paths.
+        """
+        k = operator.index(k)
+        if k < 1:
+            raise ValueError(f"nbest needs k >= 1 paths per sequence, got k={k}.")
+        mask = self._check(emissions, mask)
+        scores = self._scores(emissions.dtype)
+        if k == 1:  # the same paths and scores, at the cost of a plain Viterbi
+            paths, best = _viterbi(emissions.detach(), mask, *scores)
+            return paths.unsqueeze(1), best.unsqueeze(1)
+        return kbest_viterbi(emissions.detach(), mask, *scores, k)
+
+    @torch.no_grad()
+    def path_probs(self, emissions: Tensor, scores: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Probabilities `exp(score - log Z)` of paths with these scores, shaped like `scores`.
+
+        `scores` is `(B,)` (from `decode`) or `(B, k)` (from `nbest`); `-inf` gives 0. Where
+        rounding would make a row's probabilities sum past one, they are scaled down to one.
+        """
+        log_z = self.log_partition(emissions, mask)  # shape: (B,)
+        if scores.dim() not in (1, 2) or scores.shape[0] != log_z.shape[0]:
+            raise ValueError(
+                f"scores must have shape ({log_z.shape[0]},) or ({log_z.shape[0]}, k), "
+                f"got {tuple(scores.shape)}."
+            )
+        rows = scores.reshape(log_z.shape[0], -1)  # shape: (B, k)
+        probs = torch.exp(rows - log_z.unsqueeze(1))  # shape: (B, k)
+        probs = probs / probs.sum(1, keepdim=True).clamp(min=1.0)  # shape: (B, k)
+        return probs.reshape(scores.shape)
+
     @staticmethod
     def to_lists(paths: Tensor, mask: Tensor) -> list[list[int]]:
         """Ragged lists of tag ids from padded `paths` and their mask."""
         lengths = mask.sum(1).tolist()
         return [row[:n] for row, n in zip(paths.tolist(), lengths)]
+
+    @staticmethod
+    def nbest_to_lists(paths: Tensor, scores: Tensor, mask: Tensor) -> list[list[list[int]]]:
+        """Per sequence, the ragged tag-id lists of its `nbest` paths, best first.
+
+        Missing paths (score `-inf`) are left out, so a row may have fewer than `k`.
+        """
+        lengths = mask.sum(1).tolist()
+        found = (scores > float("-inf")).tolist()
+        return [
+            [path[:n] for path, ok in zip(row, oks) if ok]
+            for row, oks, n in zip(paths.tolist(), found, lengths)
+        ]
 
     def _scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """Transition, start and end scores with forbidden moves at `-inf`."""
@@ -179,6 +251,80 @@ class CRF(nn.Module):
             bad = int(tags[outside][0])
             raise ValueError(f"tag id {bad} out of range: use 0..{self.num_tags - 1}, or -1.")
         return tags
+
+    def _raise_if_infeasible(
+        self, nll: Tensor, emissions: Tensor, tags: Tensor, mask: Tensor, candidates: Tensor | None
+    ) -> None:
+        """Raise a ValueError for rows of `inf` loss that no allowed path agrees with.
+
+        The common case costs one comparison; reasons are found on the host only when a loss
+        is `inf` (which may also come from overflowing scores: those rows are left alone).
+        """
+        infinite = torch.isposinf(nll.detach())  # shape: (B,)
+        if not bool(infinite.any()):
+            return
+        rules = [x.cpu().numpy() for x in (self.allowed, self.allowed_start, self.allowed_end)]
+        reasons = {}
+        for row in infinite.nonzero().squeeze(1).tolist():
+            length = int(mask[row].sum())
+            allowed_tags = None if candidates is None else candidates[row, :length].cpu().numpy()
+            known, scores = tags[row, :length].cpu().numpy(), emissions[row, :length].detach()
+            finite = (scores > float("-inf")).cpu().numpy()  # shape: (L, K)
+            reason = _infeasible_reason(row, known, finite, allowed_tags, *rules)
+            if reason is not None:
+                reasons[row] = reason
+        if reasons:
+            rows = list(reasons)
+            more = f" ({len(rows)} rows in all: {rows})" if len(rows) > 1 else ""
+            raise ValueError(
+                f"{reasons[rows[0]]}{more}; pass infeasible='inf' to nll for an infinite loss "
+                "instead."
+            )
+
+
+def _infeasible_reason(
+    row: int,
+    known: np.ndarray,
+    finite: np.ndarray,
+    candidates: np.ndarray | None,
+    allowed: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+) -> str | None:
+    """Why no allowed path of length `L` agrees with tags `known` `(L,)` (-1: unknown), or None.
+
+    Follows the tags that allowed paths agreeing with the row can reach at each position, and
+    names the first position where none is left (or the end). `finite` `(L, K)` says where the
+    emission scores are not `-inf`; `candidates` `(L, K)` restricts the unknown positions.
+    """
+    length, num_tags = finite.shape
+    is_known = known >= 0  # shape: (L,)
+    free = np.ones_like(finite) if candidates is None else candidates  # shape: (L, K)
+    one_hot = np.eye(num_tags, dtype=bool)[known.clip(min=0)]  # shape: (L, K)
+    options = np.where(is_known[:, None], one_hot, free) & finite  # shape: (L, K)
+    whose = "gold tags" if is_known.all() else "known tags"
+    whose += " and candidates" if candidates is not None and not is_known.all() else ""
+    broken = f"{whose} of row {row} break the constraints at position"
+    reach = starts  # shape: (K,), the tags that an allowed, agreeing prefix may end in
+    for t in range(length):
+        reach = options[t] & (starts if t == 0 else allowed[reach].any(0))
+        if reach.any():
+            continue
+        tag = int(known[t])
+        if tag >= 0 and not finite[t, tag]:
+            where = f"the emission score of tag {tag} at position {t} is -inf"
+            return f"{whose} of row {row} have no path of finite score: {where}"
+        if tag >= 0 and t == 0:
+            return f"{broken} 0: tag {tag} may not start a sequence"
+        if tag >= 0 and known[t - 1] >= 0:
+            return f"{broken} {t}: tag {tag} may not follow tag {int(known[t - 1])}"
+        return f"no allowed path agrees with the {whose} of row {row} up to position {t}"
+    if (reach & ends).any():
+        return None
+    tag = int(known[-1])
+    if tag >= 0:
+        return f"{broken} {length - 1}: tag {tag} may not end a sequence"
+    return f"no allowed path agrees with the {whose} of row {row} and ends at position {length - 1}"
 
 
 def _constraint_tensors(

@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
 from spacy_bilstm_crf.crf import _LogPartition, _path_score, _reference_log_z, _scaled_forward
+from spacy_bilstm_crf.nbest import kbest_viterbi
 from spacy_bilstm_crf.tags import Constraints, is_valid
 
 NEG_INF = float("-inf")
@@ -122,7 +123,14 @@ def test_nll_with_partial_labels_and_candidates_matches_brute_force() -> None:
                     sets.append({j for j in range(k) if candidates[b, t, j]})
             fixed_sets.append(sets)
         for use_candidates in (False, True):
-            nll = crf.nll(emissions, tags, mask, candidates if use_candidates else None)
+            given = candidates if use_candidates else None
+            nll = crf.nll(emissions, tags, mask, given, infeasible="inf")
+            infeasible = [b for b in range(len(lengths)) if nll[b] == float("inf")]
+            if infeasible:
+                with pytest.raises(ValueError, match=f"of row {infeasible[0]} "):
+                    crf.nll(emissions, tags, mask, given)
+            else:
+                assert torch.equal(crf.nll(emissions, tags, mask, given), nll)
             for b, length in enumerate(lengths):
                 if length == 0:
                     assert nll[b] == 0
@@ -146,8 +154,8 @@ def test_fully_observed_nll_is_log_z_minus_path_score() -> None:
     for seed in range(100):
         crf, emissions, mask, lengths = random_case(seed)
         paths, _ = crf.decode(emissions, mask)
-        tags = paths.clamp(min=0)
-        nll = crf.nll(emissions, tags, mask)
+        tags = paths.clamp(min=0)  # rows with no allowed path at all decode to forbidden tags
+        nll = crf.nll(emissions, tags, mask, infeasible="inf")
         for b, length in enumerate(lengths):
             if length == 0:
                 continue
@@ -173,7 +181,7 @@ def test_tutorial_log_partition() -> None:
         [[[-0.4554, 0.4215, 0.12], [0.4058, -0.5081, 0.21], [0.2058, 0.5081, 0.02]]],
         dtype=torch.float64,
     )
-    assert float(crf.log_partition(emissions)) == pytest.approx(5.0607, abs=1e-4)
+    assert float(crf.log_partition(emissions).detach()) == pytest.approx(5.0607, abs=1e-4)
 
 
 def test_tutorial_viterbi() -> None:
@@ -210,7 +218,8 @@ def test_gradients_match_finite_differences() -> None:
         names = list(params)
 
         def nll(e, *values, tags=tags):
-            out = functional_call(crf, dict(zip(names, values)), (e, tags, mask))
+            params = dict(zip(names, values))
+            out = functional_call(crf, params, (e, tags, mask), {"infeasible": "inf"})
             return out.masked_fill(~torch.isfinite(out), 0.0)
 
         inputs = (emissions.requires_grad_(),) + tuple(v.requires_grad_() for v in params.values())
@@ -235,7 +244,7 @@ def test_underflowing_rows_take_the_log_space_path() -> None:
     state = _scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
     assert state.bad.tolist() == [False, True]
     exp_z = brute_force(crf, emissions[1], 3)[0]
-    assert float(crf.log_partition(emissions)[1]) == pytest.approx(exp_z, rel=1e-12)
+    assert float(crf.log_partition(emissions)[1].detach()) == pytest.approx(exp_z, rel=1e-12)
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -286,13 +295,14 @@ def test_forbidden_moves_stay_forbidden_after_training() -> None:
     emissions = torch.zeros(1, 2, 3)
     for _ in range(20):
         optimizer.zero_grad()
-        crf.nll(emissions, torch.tensor([[0, 2]]), None)  # O then I-PER: forbidden
+        crf.nll(emissions, torch.tensor([[0, 2]]), None, infeasible="inf")  # O then I-PER
         loss = crf.nll(emissions, torch.tensor([[1, 2]]))
         loss.sum().backward()
         optimizer.step()
     marginals = crf.marginals(torch.zeros(1, 2, 3))
     assert marginals[0, 0, 2] == 0
-    assert float(crf.nll(emissions, torch.tensor([[0, 2]]))) == float("inf")
+    forbidden = crf.nll(emissions, torch.tensor([[0, 2]]), infeasible="inf").detach()
+    assert float(forbidden) == float("inf")
 
 
 def test_float32_and_float64_agree() -> None:
@@ -343,7 +353,8 @@ def test_fully_observed_nll_gradients_match_finite_differences() -> None:
         names = list(params)
 
         def nll(e, *values, tags=tags):
-            out = functional_call(crf, dict(zip(names, values)), (e, tags, mask))
+            params = dict(zip(names, values))
+            out = functional_call(crf, params, (e, tags, mask), {"infeasible": "inf"})
             return out.masked_fill(~torch.isfinite(out), 0.0)
 
         inputs = (emissions.requires_grad_(),) + tuple(v.requires_grad_() for v in params.values())
@@ -377,9 +388,9 @@ def test_nll_without_autograd_matches_nll_with_it() -> None:
     for seed in range(20):
         crf, emissions, mask, _ = random_case(seed)
         tags = torch.randint(0, crf.num_tags, mask.shape)
-        with_grad = crf.nll(emissions.requires_grad_(), tags, mask)
+        with_grad = crf.nll(emissions.requires_grad_(), tags, mask, infeasible="inf")
         with torch.no_grad():
-            without = crf.nll(emissions, tags, mask)
+            without = crf.nll(emissions, tags, mask, infeasible="inf")
         assert torch.equal(with_grad.detach(), without)
 
 
@@ -388,18 +399,20 @@ def test_padding_values_change_nothing() -> None:
     torch.manual_seed(0)
     emissions = torch.randn(4, 6, 5, dtype=torch.float64)
     mask = torch.arange(6).unsqueeze(0) < torch.tensor([[6], [3], [1], [0]])
-    tags = torch.tensor([[0, 1, 2, 0, 3, 4]] * 4)
+    gold = torch.tensor([[0, 1, 2, 0, 3, 4]] * 4)  # O B-A I-A O B-B I-B
+    tags = gold.clone()
     tags[:, :2] = -1  # partial labels too
     garbage = emissions.masked_fill(~mask.unsqueeze(-1), float("nan"))
     garbage[1, 4] = float("inf")
     results = []
     for e in (emissions, garbage):
         e = e.clone().requires_grad_()
-        nll = crf.nll(e, tags, mask) + crf.nll(e, tags.clamp(min=0), mask)
+        nll = crf.nll(e, tags, mask) + crf.nll(e, gold, mask)
         nll.sum().backward()
         paths, scores = crf.decode(e, mask)
         marginals = crf.marginals(e, mask)
-        results.append((nll, e.grad, paths, scores, marginals))
+        best_paths, best_scores = crf.nbest(e, mask, k=4)
+        results.append((nll, e.grad, paths, scores, marginals, best_paths, best_scores))
     for clean, noisy in zip(*results):
         assert torch.equal(clean, noisy)
 
@@ -431,3 +444,285 @@ def test_agrees_with_pytorch_crf() -> None:
             assert torch.allclose(ours, expected, rtol=1e-9, atol=1e-9)
         paths, _ = crf.decode(emissions, mask)
         assert CRF.to_lists(paths, mask) == theirs.decode(emissions, mask)
+
+
+def ranked_paths(crf: CRF, emissions: torch.Tensor, length: int) -> list[tuple[float, tuple]]:
+    """Every allowed path of one sequence with its float64 score, in `nbest`'s documented order.
+
+    Best first; equal scores by the tags read from the end, lowest first.
+    """
+    trans, start, end = (s.detach().double().tolist() for s in crf._scores(torch.float64))
+    e = emissions.detach().double().tolist()
+    ranked = []
+    for path in itertools.product(range(crf.num_tags), repeat=length):
+        if length == 0:
+            ranked.append((0.0, path))
+            continue
+        score = start[path[0]] + end[path[-1]] + sum(e[t][tag] for t, tag in enumerate(path))
+        score += sum(trans[a][b] for a, b in zip(path, path[1:]))
+        if score > NEG_INF:
+            ranked.append((score, path))
+    return sorted(ranked, key=lambda item: (-item[0], item[1][::-1]))
+
+
+def nbest_case(seed: int, scheme: str | None, dtype: torch.dtype, integer: bool = False):
+    """A CRF (unconstrained, or BIO/BILUO over 1-2 labels), padded emissions and a random k.
+
+    With `integer`, parameters and emissions are small integers: many paths tie exactly.
+    """
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    if scheme is None:
+        constraints, num_tags = None, rng.randint(1, 4)
+    else:
+        names = tag_names(["A", "B"][: rng.randint(1, 2)], scheme)
+        constraints, num_tags = allowed_transitions(names, scheme), len(names)
+    steps = rng.randint(0, 5 if num_tags <= 5 else 3)
+    batch = rng.randint(1, 5)
+    lengths = [rng.randint(0, steps) for _ in range(batch)]
+    lengths[rng.randrange(batch)] = min(steps, rng.choice([0, 1]))
+    crf = CRF(num_tags, constraints).to(dtype)
+    emissions = torch.randn(batch, steps, num_tags).to(dtype)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    if integer:
+        emissions = torch.randint(-1, 2, emissions.shape).to(dtype)
+        with torch.no_grad():
+            for p in crf.parameters():
+                p.copy_(torch.randint(-1, 2, p.shape))
+    mask = torch.arange(steps).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return crf, emissions, mask, lengths, rng.choice([1, 2, 3, 5, 8, 13])
+
+
+def check_nbest_row(crf, emissions, mask, b, paths, scores, expected, tol) -> None:
+    """One row of `nbest` output against its brute-force ranking."""
+    k, length = scores.shape[1], int(mask[b].sum())
+    want = [score for score, _ in expected[:k]] + [NEG_INF] * max(0, k - len(expected))
+    got = scores[b].tolist()
+    assert got == sorted(got, reverse=True)
+    for actual, score in zip(got, want):
+        if score == NEG_INF:
+            assert actual == NEG_INF
+        else:
+            assert actual == pytest.approx(score, rel=tol, abs=tol)
+    allowed = {path for _, path in expected}
+    found = [tuple(paths[b, n, :length].tolist()) for n in range(k) if got[n] > NEG_INF]
+    assert len(set(found)) == len(found) == min(k, len(expected))
+    assert all(path in allowed for path in found)
+    assert (paths[b, :, length:] == -1).all()
+    for n in range(len(found), k):
+        assert (paths[b, n] == -1).all()
+    if found:
+        rows = paths[b, : len(found)]  # shape: (n, T)
+        copies = emissions[b : b + 1].expand(len(found), -1, -1)
+        own = crf.score(copies, rows, mask[b : b + 1].expand(len(found), -1)).detach()
+        assert own.tolist() == pytest.approx(got[: len(found)], rel=tol, abs=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scheme", [None, "BIO", "BILUO"])
+def test_nbest_matches_brute_force(scheme: str | None, dtype: torch.dtype) -> None:
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    for seed in range(60):
+        crf, emissions, mask, lengths, k = nbest_case(seed, scheme, dtype)
+        paths, scores = crf.nbest(emissions, mask, k=k)
+        assert paths.shape == (len(lengths), k, emissions.shape[1]) and paths.dtype == torch.long
+        assert scores.shape == (len(lengths), k) and scores.dtype == dtype
+        for b, length in enumerate(lengths):
+            check_nbest_row(
+                crf, emissions, mask, b, paths, scores, ranked_paths(crf, emissions[b], length), tol
+            )
+            if length == 0:
+                assert scores[b].tolist() == [0.0] + [NEG_INF] * (k - 1)
+        first_paths, first_scores = crf.nbest(emissions, mask, k=1)
+        best_paths, best_scores = crf.decode(emissions, mask)
+        assert torch.equal(first_paths[:, 0], best_paths)
+        assert torch.equal(first_scores[:, 0], best_scores)
+        assert torch.equal(paths[:, 0], best_paths) and torch.equal(scores[:, 0], best_scores)
+        # nbest(k=1) takes decode's Viterbi; the k-best Viterbi itself agrees with it too.
+        with torch.no_grad():
+            merged_paths, merged_scores = kbest_viterbi(emissions, mask, *crf._scores(dtype), 1)
+        assert torch.equal(merged_paths[:, 0], best_paths)
+        assert torch.equal(merged_scores[:, 0], best_scores)
+
+
+@pytest.mark.parametrize("scheme", [None, "BIO", "BILUO"])
+def test_nbest_ties_come_in_the_documented_order(scheme: str | None) -> None:
+    for seed in range(60):
+        crf, emissions, mask, lengths, k = nbest_case(seed, scheme, torch.float64, integer=True)
+        paths, scores = crf.nbest(emissions, mask, k=k)
+        for b, length in enumerate(lengths):
+            expected = ranked_paths(crf, emissions[b], length)[:k]
+            assert scores[b, : len(expected)].tolist() == [score for score, _ in expected]
+            got = [tuple(paths[b, n, :length].tolist()) for n in range(len(expected))]
+            assert got == [path for _, path in expected]
+        best_paths, best_scores = crf.decode(emissions, mask)
+        assert torch.equal(paths[:, 0], best_paths) and torch.equal(scores[:, 0], best_scores)
+
+
+def test_nbest_all_tied_and_fewer_paths_than_k() -> None:
+    crf = CRF(3).double()
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.zero_()
+    paths, scores = crf.nbest(torch.zeros(1, 3, 3, dtype=torch.float64), k=5)
+    assert paths[0].tolist() == [[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0], [1, 1, 0]]
+    assert scores.tolist() == [[0.0] * 5]
+    # BILUO, one token: only O and U-X may start and end a sequence.
+    biluo = CRF(5, allowed_transitions(tag_names(["X"], "BILUO"), "BILUO"))
+    emissions = torch.tensor([[[0.0, 9.0, 9.0, 9.0, 1.0]], [[0.0] * 5]])
+    paths, scores = biluo.nbest(emissions, torch.tensor([[True], [False]]), k=4)
+    assert paths.tolist() == [[[4], [0], [-1], [-1]], [[-1], [-1], [-1], [-1]]]
+    assert scores[:, 2:].tolist() == [[NEG_INF] * 2] * 2 and scores[1, :2].tolist() == [0, NEG_INF]
+    no_steps = biluo.nbest(torch.zeros(2, 0, 5), k=3)
+    assert no_steps[0].shape == (2, 3, 0) and no_steps[1].tolist() == [[0, NEG_INF, NEG_INF]] * 2
+
+
+def test_nbest_on_a_large_batch_is_batched_and_valid() -> None:
+    torch.manual_seed(0)
+    names = tag_names(["PER", "ORG", "LOC", "MISC"])
+    crf = CRF(len(names), allowed_transitions(names, "BIO"))
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(64, 12, len(names)) * 3
+    mask = torch.arange(12).unsqueeze(0) < torch.randint(0, 13, (64, 1))
+    paths, scores = crf.nbest(emissions, mask, k=6)
+    lists = CRF.nbest_to_lists(paths, scores, mask)
+    for row, length, row_scores in zip(lists, mask.sum(1).tolist(), scores.tolist()):
+        allowed = {0: 1, 1: 5}.get(length, 6)  # one empty path; O or B- first: 5 of length 1
+        assert len(row) == allowed and len(set(map(tuple, row))) == len(row)
+        assert all(len(path) == length and is_valid([names[i] for i in path]) for path in row)
+        assert row_scores == sorted(row_scores, reverse=True)
+    flat_mask = mask.repeat_interleave(6, 0)  # shape: (B k, T)
+    flat_paths = paths.flatten(0, 1).clamp(min=0)  # missing paths scored as all O, unused
+    flat = crf.score(emissions.repeat_interleave(6, 0), flat_paths, flat_mask)
+    finite = scores.flatten() > NEG_INF
+    assert torch.allclose(flat.detach()[finite], scores.flatten()[finite], atol=1e-4)
+    best_paths, best_scores = crf.decode(emissions, mask)
+    first = crf.nbest(emissions, mask, k=1)
+    assert torch.equal(first[0][:, 0], best_paths) and torch.equal(first[1][:, 0], best_scores)
+
+
+def test_path_probs_of_nbest_paths() -> None:
+    for seed in range(40):
+        scheme = ["BIO", "BILUO", None][seed % 3]
+        crf, emissions, mask, lengths, k = nbest_case(seed, scheme, torch.float64)
+        paths, scores = crf.nbest(emissions, mask, k=k)
+        probs = crf.path_probs(emissions, scores, mask)
+        assert probs.shape == scores.shape and (probs.sum(1) <= 1.0).all()
+        log_z = crf.log_partition(emissions, mask).detach()
+        for b, length in enumerate(lengths):
+            ranked = ranked_paths(crf, emissions[b], length)
+            expected = [math.exp(score - float(log_z[b])) for score, _ in ranked[:k]]
+            expected += [0.0] * (k - len(expected))
+            assert probs[b].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+            if len(ranked) <= k:
+                assert float(probs[b].sum()) == pytest.approx(1.0, rel=1e-9)
+        best = crf.path_probs(emissions, crf.decode(emissions, mask)[1], mask)
+        assert torch.allclose(best, probs[:, 0], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="scores must have shape"):
+        crf.path_probs(emissions, scores[:1, :, None], mask)
+
+
+def test_nbest_to_lists_leaves_out_missing_paths() -> None:
+    paths = torch.tensor([[[0, 1], [1, 1], [-1, -1]], [[-1, -1], [-1, -1], [-1, -1]]])
+    scores = torch.tensor([[2.0, 1.0, NEG_INF], [0.0, NEG_INF, NEG_INF]])
+    mask = torch.tensor([[True, True], [False, False]])
+    assert CRF.nbest_to_lists(paths, scores, mask) == [[[0, 1], [1, 1]], [[]]]
+
+
+def test_nbest_bad_k_is_named() -> None:
+    crf = CRF(3)
+    for k in (0, -2):
+        with pytest.raises(ValueError, match="k >= 1"):
+            crf.nbest(torch.zeros(1, 2, 3), k=k)
+    with pytest.raises(TypeError):
+        crf.nbest(torch.zeros(1, 2, 3), k=1.5)
+    with pytest.raises(ValueError, match="emissions must have shape"):
+        crf.nbest(torch.zeros(1, 2, 4), k=2)
+
+
+def bio_crf(labels: list[str], scheme: str = "BIO") -> CRF:
+    names = tag_names(labels, scheme)
+    return CRF(len(names), allowed_transitions(names, scheme)).double()
+
+
+def test_infeasible_gold_tags_raise_naming_row_position_and_move() -> None:
+    crf = bio_crf(["PER"])  # O, B-PER, I-PER
+    emissions = torch.randn(3, 5, 3, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True] * 5, [True] * 2 + [False] * 3])
+    gold = torch.tensor([[0, 1, 2, 0, 0], [1, 2, 0, 2, 0], [0, 0, 0, 0, 0]])
+    message = "gold tags of row 1 break the constraints at position 3: tag 2 may not follow tag 0"
+    with pytest.raises(ValueError, match=message + r"; pass infeasible='inf'"):
+        crf.nll(emissions, gold, mask)
+    with pytest.raises(ValueError, match=message):
+        crf(emissions.requires_grad_(), gold, mask)  # forward, and with autograd
+    gold[2, 0] = 2
+    with pytest.raises(ValueError, match=r"row 1 .* position 3: .*\(2 rows in all: \[1, 2\]\)"):
+        crf.nll(emissions, gold, mask)
+    with pytest.raises(
+        ValueError, match="row 0 break the constraints at position 0: tag 2 may not start"
+    ):
+        crf.nll(emissions[2:], gold[2:], mask[2:])
+    biluo = bio_crf(["X"], "BILUO")  # O, B-X, I-X, L-X, U-X
+    ends_open = torch.tensor([[0, 4, 1, 3]])
+    ends_open_mask = torch.tensor([[True, True, True, False]])
+    with pytest.raises(ValueError, match="row 0 .* position 2: tag 1 may not end a sequence"):
+        biluo.nll(torch.zeros(1, 4, 5, dtype=torch.float64), ends_open, ends_open_mask)
+    emissions = torch.zeros(1, 2, 3, dtype=torch.float64)
+    emissions[0, 1, 1] = NEG_INF
+    with pytest.raises(
+        ValueError, match="row 0 have no path of finite score: .* tag 1 at position 1"
+    ):
+        crf.nll(emissions, torch.tensor([[0, 1]]))
+
+
+def test_infeasible_partial_labels_raise_naming_the_row() -> None:
+    crf = bio_crf(["PER"])
+    emissions = torch.zeros(2, 3, 3, dtype=torch.float64)
+    tags = torch.tensor([[0, 0, -1], [0, 2, -1]])
+    with pytest.raises(
+        ValueError, match="known tags of row 1 break .* position 1: tag 2 may not follow tag 0"
+    ):
+        crf.nll(emissions, tags, None)
+    biluo = bio_crf(["X", "Y"], "BILUO")  # O, B-X, I-X, L-X, U-X, B-Y, I-Y, L-Y, U-Y
+    tags = torch.tensor([[1, -1, 7], [0, -1, -1]])  # B-X, then I-X or L-X: neither before L-Y
+    with pytest.raises(
+        ValueError, match="no allowed path agrees with the known tags of row 0 up to position 2"
+    ):
+        biluo.nll(torch.zeros(2, 3, 9, dtype=torch.float64), tags)
+    candidates = torch.ones(1, 2, 9, dtype=torch.bool)
+    candidates[0, 1] = False
+    candidates[0, 1, 1] = True  # the last token may only be B-X: it cannot end a sequence
+    unknown = torch.full((1, 2), -1)
+    with pytest.raises(
+        ValueError, match="known tags and candidates of row 0 and ends at position 1"
+    ):
+        biluo.nll(torch.zeros(1, 2, 9, dtype=torch.float64), unknown, None, candidates)
+    candidates[0, 1] = False
+    candidates[0, 1, 2] = True  # I-X only, after a first token that may only be O
+    candidates[0, 0] = False
+    candidates[0, 0, 0] = True
+    with pytest.raises(ValueError, match="known tags and candidates of row 0 up to position 1"):
+        biluo.nll(torch.zeros(1, 2, 9, dtype=torch.float64), unknown, None, candidates)
+    assert biluo.nll(torch.zeros(1, 2, 9), unknown, None, candidates, infeasible="inf") == float(
+        "inf"
+    )
+
+
+def test_infeasible_inf_opt_in_gives_inf_and_zero_gradient() -> None:
+    crf = bio_crf(["PER"])
+    emissions = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    gold = torch.tensor([[0, 1, 2], [0, 2, 2]])
+    nll = crf.nll(emissions, gold, infeasible="inf")
+    assert math.isfinite(float(nll[0].detach())) and float(nll[1].detach()) == float("inf")
+    nll.masked_fill(torch.isinf(nll), 0.0).sum().backward()
+    assert emissions.grad[1].abs().sum() == 0 and emissions.grad[0].abs().sum() > 0
+    partial = torch.tensor([[0, -1, 2], [0, 2, -1]])
+    assert crf.nll(emissions, partial, infeasible="inf")[1] == float("inf")
+    with torch.no_grad(), pytest.raises(ValueError, match="row 1"):
+        crf.nll(emissions, gold)
+    with pytest.raises(ValueError, match="infeasible must be one of"):
+        crf.nll(emissions, gold, infeasible="ignore")
