@@ -10,6 +10,7 @@ from .features import build_word_char_embed
 from .model import build_bilstm_crf
 from .pipe import BiLSTMCRFTagger, make_bilstm_crf
 from .tags import Constraints, allowed_transitions, tag_names
+from .token_features import build_word_char_embed_v2
 
 __all__ = [
     "CRF",
@@ -19,6 +20,7 @@ __all__ = [
     "allowed_transitions",
     "build_bilstm_crf",
     "build_word_char_embed",
+    "build_word_char_embed_v2",
     "make_bilstm_crf",
     "tag_names",
 ]

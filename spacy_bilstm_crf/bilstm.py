@@ -5,7 +5,15 @@ transitions, loss weights) lives in one `nn.Module` and is stepped together by w
 optimizer wraps it. Variants from the literature are options: a GRU instead of the LSTM, a
 per-token softmax head instead of the CRF, and the CRF loss plus token cross-entropy combined
 with learned uncertainty weights.
+
+On CPU each direction of each layer runs as its own fused recurrence over length buckets
+(`layout.py`), because the backward pass of torch's packed-sequence RNN on CPU allocates a
+full-size gradient for every time step (quadratic in the sequence length: 60% of a training
+step). The buckets and directions are independent tasks, run on `threads` threads. On GPUs
+cuDNN's packed kernels are used as they are.
 """
+
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -13,11 +21,14 @@ from torch.nn.functional import cross_entropy
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .crf import CRF
+from .layout import Layout, bucket_layout
+from .parallel import run_tasks
 from .tags import Constraints
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 HEADS = ("crf", "softmax")
 LOSSES = ("crf", "crf+ce")
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class BiLSTMTagger(nn.Module):
@@ -61,26 +72,76 @@ class BiLSTMTagger(nn.Module):
         )
         self.projection = nn.Linear(hidden_size, num_tags)
         self.crf = CRF(num_tags, allowed)
+        # Threads for the independent recurrences of a layer; not saved (the pipe sets it).
+        self.threads = 1
         if loss == "crf+ce":
             # The s_i of the uncertainty weighting: L_i counts 0.5 / s_i^2 * L_i + log(1 + s_i^2).
             self.loss_scales = nn.Parameter(torch.ones(2))
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Emission scores for concatenated sequences; `lengths` is a CPU long tensor."""
+        hidden = self.encode(self.dropout(tokens), lengths)
+        return self.projection(self.dropout(hidden))  # shape: (N, K)
+
+    def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """BiRNN states `(N, hidden_size)` of concatenated sequences, both directions."""
+        if tokens.device.type != "cpu":
+            return self._encode_packed(tokens, lengths)
+        layout = bucket_layout(lengths.numpy())
+        states = tokens
+        for layer in range(self.rnn.num_layers):
+            if layer:
+                states = nn.functional.dropout(states, self.rnn.dropout, self.training)
+            states = self._layer(states, layout, layer)
+        return states
+
+    def _layer(self, tokens: Tensor, layout: Layout, layer: int) -> Tensor:
+        """One bidirectional layer: each bucket and direction a fused recurrence."""
+        padded = torch.cat([tokens, tokens.new_zeros(1, tokens.shape[1])])  # shape: (N + 1, D)
+        tasks = [
+            partial(self._direction, padded, index, layer, reverse)
+            for reverse, indexes in ((False, layout.forward), (True, layout.reverse))
+            for index in indexes
+        ]
+        outputs = run_tasks(tasks, self.threads)  # each shape: (B_b, T_b, H / 2)
+        half = len(layout.forward)
+        forward = torch.cat([out.flatten(0, 1) for out in outputs[:half]])
+        reverse = torch.cat([out.flatten(0, 1) for out in outputs[half:]])
+        return torch.cat(
+            [
+                forward.index_select(0, layout.forward_rows),
+                reverse.index_select(0, layout.reverse_rows),
+            ],
+            dim=1,
+        )  # shape: (N, H)
+
+    def _direction(self, padded: Tensor, index: Tensor, layer: int, reverse: bool) -> Tensor:
+        """The RNN of one direction of `layer` over one bucket, `index` `(B_b, T_b)` into the
+        rows of `padded` (its last row is zeros); reversed buckets hold each sequence reversed."""
+        inputs = padded.index_select(0, index.flatten()).view(*index.shape, -1)  # (B_b, T_b, D)
+        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+        weights = [getattr(self.rnn, name + suffix) for name in _WEIGHTS]
+        start = inputs.new_zeros(1, index.shape[0], self.rnn.hidden_size)
+        if isinstance(self.rnn, nn.LSTM):
+            return torch.lstm(
+                inputs, (start, start), weights, True, 1, 0.0, self.training, False, True
+            )[0]
+        return torch.gru(inputs, start, weights, True, 1, 0.0, self.training, False, True)[0]
+
+    def _encode_packed(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """The same states through a packed sequence, for cuDNN."""
         batch, steps = lengths.shape[0], int(lengths.max())
         positions = torch.arange(steps, device=tokens.device)
         mask = lengths.to(tokens.device).unsqueeze(1) > positions  # shape: (B, T)
         padded = tokens.new_zeros(batch, steps, tokens.shape[1])  # shape: (B, T, D)
         padded[mask] = tokens
-        packed = pack_padded_sequence(
-            self.dropout(padded), lengths, batch_first=True, enforce_sorted=False
-        )
+        packed = pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
         # cuDNN wants the weights in one block; after a device move or a load they may not be,
-        # and it would then copy them on every call (a no-op on CPU).
+        # and it would then copy them on every call.
         self.rnn.flatten_parameters()
         hidden, _ = self.rnn(packed)
         hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=steps)
-        return self.projection(self.dropout(hidden[mask]))  # shape: (N, K)
+        return hidden[mask]  # shape: (N, H)
 
     def loss(self, scores: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """The head's training loss summed over the batch; tags of `-1` are unknown."""

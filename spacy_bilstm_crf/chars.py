@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 
 import numpy
 from spacy.tokens import Doc
-from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v2, xp2torch
+from thinc.api import ArgsKwargs, Model, xp2torch
 from thinc.types import Floats2d, Ints2d
 from torch import Tensor, nn
+
+from .serialize import torch_wrapper
 
 # Byte ids are the UTF-8 byte plus one; 0 pads words shorter than `max_bytes`.
 PAD = 0
@@ -69,7 +71,7 @@ def build_char_cnn(
     """Docs -> `width` CNN features per token, from the bytes of each token's text."""
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}.")
-    cnn = PyTorchWrapper_v2(CharCNN(width, char_dim, kernel, dropout), convert_inputs=_ids_to_torch)
+    cnn = torch_wrapper(CharCNN(width, char_dim, kernel, dropout), convert_inputs=_ids_to_torch)
     return Model(
         "char_cnn",
         _forward,

@@ -6,18 +6,22 @@ segment). The CRF lives inside that torch module; `tagger_loss`, `tagger_decode`
 `crf_span_probs` are the only code that reaches it, so the pipe never does CRF maths.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import numpy
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v2, torch2xp, xp2torch
+from thinc.api import ArgsKwargs, Model, torch2xp, xp2torch
 from thinc.types import Floats2d, Ints1d
 
 from .bilstm import BiLSTMTagger
 from .crf import CRF
+from .parallel import one_intra_op_thread
 from .segments import segment_lengths
+from .serialize import torch_wrapper
 from .tags import allowed_transitions
 
 
@@ -159,10 +163,7 @@ def _tagger_init(model: Model, X: Any = None, Y: Any = None) -> None:
         head=model.attrs["head"],
         loss=model.attrs["loss"],
     )
-    wrapper = PyTorchWrapper_v2(
-        module, convert_inputs=_convert_inputs, convert_outputs=_convert_outputs
-    )
-    model._layers.append(wrapper)
+    model._layers.append(torch_wrapper(module, _convert_inputs, _convert_outputs))
 
 
 def _tagger_forward(
@@ -201,10 +202,55 @@ def _convert_outputs(
     return emissions, backprop
 
 
-def use_one_thread() -> None:
-    """Run torch on one thread: its thread pool does not survive `fork` (as in `nlp.pipe`
-    with `n_process`), and workers that use it hang. torch's own DataLoader does the same."""
-    torch.set_num_threads(1)
+@contextmanager
+def torch_threads(model: Model, threads: int) -> Iterator[None]:
+    """Run the model's torch work inside the block with `threads` threads for its independent
+    recurrences and one intra-op thread (see `parallel.py`), torch's setting restored after."""
+    if is_built(model):
+        torch_module(model).threads = threads
+    with one_intra_op_thread():
+        yield
+
+
+# Settings of the tagger that shape the trained model: a config that changes them at load time
+# contradicts the saved weights.
+MODEL_ATTRS = ("hidden_width", "depth", "rnn", "head", "loss")
+# Settings that only act while running: the config's values win over the saved ones.
+RUNTIME_ATTRS = ("max_length", "dropout", "word_dropout", "rate")
+
+
+def load_bytes(model: Model, data: bytes) -> None:
+    """Load saved weights into a built model. Runtime settings keep the config's values; a
+    model setting or width that the config gives and the saved model contradicts is an error."""
+    nodes = list(model.walk())
+    dims = [{k: v for k, v in (node._dims or {}).items() if v is not None} for node in nodes]
+    attrs = [dict(node.attrs) for node in nodes]
+    try:
+        model.from_bytes(data)
+    except ValueError as err:
+        if "mismatched structure" not in str(err):
+            raise
+        raise ValueError(
+            "The config's model has other layers than the saved one (a different tok2vec or "
+            "feature architecture): load the pipeline with the model config it was trained with."
+        ) from None
+    for node, known, before in zip(nodes, dims, attrs):
+        for name, value in known.items():
+            saved = node.get_dim(name) if node.has_dim(name) else None
+            if saved != value:
+                raise ValueError(
+                    f"The config sets {node.name} {name} = {value}, but the saved model has "
+                    f"{saved}: settings that shape the model come from training."
+                )
+        for name in MODEL_ATTRS:
+            if name in before and before[name] != node.attrs.get(name):
+                raise ValueError(
+                    f"The config sets {name} = {before[name]!r}, but the model was trained with "
+                    f"{node.attrs.get(name)!r}: settings that shape the model come from training."
+                )
+        for name in RUNTIME_ATTRS:
+            if name in before:
+                node.attrs[name] = before[name]
 
 
 def torch_module(model: Model) -> BiLSTMTagger:
@@ -234,7 +280,7 @@ def tagger_loss(
     return loss.detach().item(), model.ops.unflatten(d_scores, _sizes(model, emissions))
 
 
-def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[list[int]], int]:
+def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[numpy.ndarray], int]:
     """The best tag ids of each segment, and how many broke the scheme's constraints."""
     if not emissions:
         return [], 0
@@ -242,7 +288,8 @@ def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[list[in
     scores, mask = _pad(model, emissions, module.crf)
     with torch.no_grad():
         paths, invalid = module.decode(scores, mask)
-    return CRF.to_lists(paths, mask), int(invalid.sum())
+    rows = paths.cpu().numpy()
+    return [row[: len(array)] for row, array in zip(rows, emissions)], int(invalid.sum())
 
 
 def crf_span_probs(

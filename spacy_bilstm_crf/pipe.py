@@ -14,14 +14,16 @@ from spacy.pipeline import TrainablePipe
 from spacy.scorer import get_ner_prf
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
-from spacy.training.iob_utils import biluo_to_iob, iob_to_biluo, tags_to_entities
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d
 
 from . import model as bilstm_crf_model
+from .gold import UnknownLabelError, gold_tag_ids
+from .parallel import default_threads
 from .segments import split_by
-from .tags import SCHEMES, restart_tags, split_tag, tag_names
+from .spans import doc_entities, read_entities, set_entities
+from .tags import SCHEMES, restart_tags, tag_names
 
 default_model_config = """
 [model]
@@ -32,16 +34,20 @@ dropout = 0.25
 max_length = 512
 
 [model.tok2vec]
-@architectures = "spacy-bilstm-crf.WordCharEmbed.v1"
-width = 128
+@architectures = "spacy-bilstm-crf.WordCharEmbed.v2"
 attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
 rows = [5000, 1000, 2500, 2500]
-include_static_vectors = false
+widths = [64, 16, 16, 16]
 char_width = 16
 char_count = 8
+include_static_vectors = null
+vectors_width = 0
 word_dropout = 0.25
 """
 DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
+
+# What the trained model is: read from disk on load, never from the config.
+MODEL_SETTINGS = ("labels", "input_width", "scheme")
 
 
 @Language.factory(
@@ -52,7 +58,9 @@ DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
         "overwrite": False,
         "confidence": False,
         "spans_key": "bilstm_crf",
+        "threshold": 0.0,
         "scheme": "BILUO",
+        "threads": 0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -64,14 +72,20 @@ def make_bilstm_crf(
     overwrite: bool,
     confidence: bool,
     spans_key: str,
+    threshold: float,
     scheme: str,
+    threads: int,
     scorer: Callable | None,
 ) -> "BiLSTMCRFTagger":
-    """A BiLSTM-CRF entity tagger. `overwrite`: replace entities set by earlier components
-    (else keep them and add only non-overlapping ones). `confidence`: also store each predicted
-    entity in `doc.spans[spans_key]` with its CRF probability in `attrs["scores"]`. `scheme`:
-    the tags the model predicts, "BILUO" (the default, as spaCy's `ner` uses; 0.8 test F1 better
-    than BIO on CoNLL-2003) or "BIO". `doc.ents` are the same kind either way."""
+    """A BiLSTM-CRF entity tagger.
+
+    `overwrite`: replace entities set by earlier components (else keep them and add only
+    non-overlapping ones). `confidence`: also store each predicted entity in
+    `doc.spans[spans_key]` with its CRF probability in `attrs["scores"]`. `threshold`: keep
+    only entities whose probability reaches it (0 keeps all). `scheme`: the tags the model
+    predicts, "BILUO" (as spaCy's `ner`) or "BIO"; `doc.ents` are the same kind either way.
+    `threads`: CPU threads for the component's torch work (0: up to 2, as the process may use).
+    """
     return BiLSTMCRFTagger(
         nlp.vocab,
         model,
@@ -79,7 +93,9 @@ def make_bilstm_crf(
         overwrite=overwrite,
         confidence=confidence,
         spans_key=spans_key,
+        threshold=threshold,
         scheme=scheme,
+        threads=threads,
         scorer=scorer,
     )
 
@@ -87,8 +103,8 @@ def make_bilstm_crf(
 class Predictions(NamedTuple):
     """What `predict` returns: tag ids per doc, and entity probabilities when asked for."""
 
-    tags: list[list[int]]
-    probs: list[list[float]] | None
+    tags: list[numpy.ndarray]
+    probs: list[numpy.ndarray] | None
 
 
 class BiLSTMCRFTagger(TrainablePipe):
@@ -103,11 +119,17 @@ class BiLSTMCRFTagger(TrainablePipe):
         overwrite: bool = False,
         confidence: bool = False,
         spans_key: str = "bilstm_crf",
+        threshold: float = 0.0,
         scheme: str = "BILUO",
+        threads: int = 0,
         scorer: Callable | None = get_ner_prf,
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"[{name}] scheme must be one of {SCHEMES}, got {scheme!r}.")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"[{name}] threshold must be in [0, 1], got {threshold}.")
+        if threads < 0:
+            raise ValueError(f"[{name}] threads must be 0 (automatic) or positive, got {threads}.")
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -118,7 +140,9 @@ class BiLSTMCRFTagger(TrainablePipe):
             "overwrite": overwrite,
             "confidence": confidence,
             "spans_key": spans_key,
+            "threshold": threshold,
             "scheme": scheme,
+            "threads": threads,
         }
         self._pid = os.getpid()
         # Decoded sequences, and those the softmax head got wrong before repair.
@@ -152,39 +176,42 @@ class BiLSTMCRFTagger(TrainablePipe):
         return 1
 
     def predict(self, docs: Iterable[Doc]) -> Predictions:
-        """Viterbi tag ids per doc (and entity probabilities with `confidence`)."""
+        """Viterbi tag ids per doc (and entity probabilities with `confidence` or a
+        `threshold`)."""
         docs = list(docs)
         self._require_built()
-        if os.getpid() != self._pid:  # a worker forked by nlp.pipe(n_process=...)
-            bilstm_crf_model.use_one_thread()
-            self._pid = os.getpid()
-        emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
-        segments = bilstm_crf_model.doc_segments(self.model, docs)
-        paths, invalid = bilstm_crf_model.tagger_decode(self.model, emissions)
-        self.decode_stats["sequences"] += len(paths)
-        self.decode_stats["invalid"] += invalid
-        tags, start = [], 0
-        for lengths in segments:
-            tags.append([tag for path in paths[start : start + len(lengths)] for tag in path])
-            start += len(lengths)
-        probs = self._span_probs(emissions, segments, paths) if self.cfg["confidence"] else None
+        with bilstm_crf_model.torch_threads(self.model, self._threads()):
+            emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
+            segments = bilstm_crf_model.doc_segments(self.model, docs)
+            paths, invalid = bilstm_crf_model.tagger_decode(self.model, emissions)
+            self.decode_stats["sequences"] += len(paths)
+            self.decode_stats["invalid"] += invalid
+            empty = numpy.zeros(0, dtype="int64")
+            per_doc = split_by(paths, [len(lengths) for lengths in segments])
+            tags = [numpy.concatenate([empty, *doc_paths]) for doc_paths in per_doc]
+            probs = None
+            if self.cfg["confidence"] or self.cfg["threshold"] > 0:
+                probs = self._span_probs(emissions, segments, paths)
         return Predictions(tags, probs)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Predictions) -> None:
         """Write the predicted entities to `doc.ents`, keeping earlier ones unless overwriting."""
-        names = self.tag_names
-        for i, (doc, ids) in enumerate(zip(docs, predictions.tags)):
-            spans, probs = [], []
-            for k, (start, end, label) in enumerate(_entities([names[t] for t in ids])):
-                span = _trim_spaces(doc, start, end, label)
-                if span is not None:
-                    spans.append(span)
-                    probs.append(predictions.probs[i][k] if predictions.probs else 0.0)
-            kept = [] if self.cfg["overwrite"] else list(doc.ents)
-            taken = {token.i for span in kept for token in span}
-            new = [span for span in spans if not any(t.i in taken for t in span)]
-            doc.set_ents(kept + new, default="outside")
-            if predictions.probs is not None:
+        docs = list(docs)
+        labels, scheme = self.labels, self.cfg["scheme"]
+        threshold = self.cfg["threshold"]
+        segments = bilstm_crf_model.doc_segments(self.model, docs)
+        for i, (doc, ids, lengths) in enumerate(zip(docs, predictions.tags, segments)):
+            entities, kept = doc_entities(doc, ids, lengths, scheme)
+            spans = [
+                Span(doc, int(start), int(end), label=labels[label])
+                for start, end, label in zip(*entities)
+            ]
+            probs = predictions.probs[i][kept] if predictions.probs is not None else None
+            chosen = spans
+            if threshold > 0 and probs is not None:
+                chosen = [span for span, prob in zip(spans, probs) if prob >= threshold]
+            set_entities(doc, chosen, self.cfg["overwrite"])
+            if self.cfg["confidence"] and probs is not None:
                 group = SpanGroup(doc, name=self.cfg["spans_key"], spans=spans)
                 group.attrs["scores"] = numpy.asarray(probs, dtype="float32")
                 doc.spans[self.cfg["spans_key"]] = group
@@ -208,9 +235,10 @@ class BiLSTMCRFTagger(TrainablePipe):
         if not any(len(doc) for doc in docs):
             return losses
         set_dropout_rate(self.model, drop)
-        emissions, backprop = self.model.begin_update(docs)
-        loss, d_emissions = self.get_loss(examples, emissions)
-        backprop(d_emissions)
+        with bilstm_crf_model.torch_threads(self.model, self._threads()):
+            emissions, backprop = self.model.begin_update(docs)
+            loss, d_emissions = self.get_loss(examples, emissions)
+            backprop(d_emissions)
         if sgd is not None:
             self.finish_update(sgd)
         losses[self.name] += loss
@@ -221,12 +249,10 @@ class BiLSTMCRFTagger(TrainablePipe):
         examples = list(examples)
         validate_examples(examples, "BiLSTMCRFTagger.get_loss")
         segments = bilstm_crf_model.doc_segments(self.model, [eg.predicted for eg in examples])
-        names = self.tag_names
-        index = {name: i for i, name in enumerate(names)}
-        first, last = restart_tags(names, self.cfg["scheme"])
+        first, last = restart_tags(self.tag_names, self.cfg["scheme"])
         gold = []
         for eg, lengths in zip(examples, segments):
-            for piece in split_by(self._gold_ids(eg, index), lengths):
+            for piece in split_by(self._gold_ids(eg), lengths):
                 # An entity cut by a segment boundary restarts there, as it does in prediction.
                 piece[0] = first.get(piece[0], piece[0])
                 piece[-1] = last.get(piece[-1], piece[-1])
@@ -278,12 +304,12 @@ class BiLSTMCRFTagger(TrainablePipe):
     ) -> "BiLSTMCRFTagger":
         msg = srsly.msgpack_loads(bytes_data)
         if "cfg" not in exclude:
-            self.cfg.update(srsly.json_loads(msg["cfg"]))
+            self._load_cfg(srsly.json_loads(msg["cfg"]))
         if "vocab" not in exclude:
             self.vocab.from_bytes(msg["vocab"], exclude=exclude)
         if "model" not in exclude:
             self._build_from_cfg()
-            self.model.from_bytes(msg["model"])
+            bilstm_crf_model.load_bytes(self.model, msg["model"])
         return self
 
     def from_disk(self, path: str | Path, *, exclude: Iterable[str] = tuple()) -> "BiLSTMCRFTagger":
@@ -292,15 +318,28 @@ class BiLSTMCRFTagger(TrainablePipe):
         def load_model(model_path: Path) -> None:
             self._build_from_cfg()
             with model_path.open("rb") as file_:
-                self.model.from_bytes(file_.read())
+                bilstm_crf_model.load_bytes(self.model, file_.read())
 
         deserialize = {
             "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
-            "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
+            "cfg": lambda p: self._load_cfg(srsly.read_json(p)),
             "model": load_model,
         }
         util.from_disk(path, deserialize, exclude)
         return self
+
+    def _load_cfg(self, saved: dict[str, Any]) -> None:
+        """Take what the trained model is from `saved`; the settings that only act at run time
+        (overwrite, confidence, spans_key, threshold, threads) keep the values this component
+        was made with, so that a config given at load time takes effect."""
+        if saved.get("scheme", self.cfg["scheme"]) != self.cfg["scheme"]:
+            raise ValueError(
+                f"[{self.name}] The config sets scheme {self.cfg['scheme']!r}, but the model was "
+                f"trained with {saved['scheme']!r}: the tag scheme comes from training."
+            )
+        for key in MODEL_SETTINGS:
+            if key in saved:
+                self.cfg[key] = saved[key]
 
     def _build_from_cfg(self) -> None:
         """Build the model from the saved labels and input width, before loading weights."""
@@ -316,69 +355,52 @@ class BiLSTMCRFTagger(TrainablePipe):
                 "(or train it with `spacy train`) before using it."
             )
 
-    def _gold_ids(self, example: Example, index: dict[str, int]) -> list[int]:
-        """Gold tag ids (by `index`, tag name to id) on the predicted tokens: `-1` where
-        annotation is missing."""
-        ids = []
-        tags = example.get_aligned_ner()
-        for tag in biluo_to_iob(tags) if self.cfg["scheme"] == "BIO" else tags:
-            if tag is None or tag == "-":
-                ids.append(-1)
-            elif tag in index:
-                ids.append(index[tag])
-            else:
-                label = split_tag(tag)[1]
-                raise ValueError(
-                    f"[{self.name}] Entity label {label!r} in the training data is not one of "
-                    f"the component's labels {self.labels}: add it before initialization."
-                )
-        return ids
+    def _threads(self) -> int:
+        """Threads for this call: the setting, or the default; one in a forked worker (as
+        `nlp.pipe(n_process=...)` makes), where the others are busy with their own docs."""
+        if os.getpid() != self._pid:
+            return 1
+        return self.cfg["threads"] or default_threads()
+
+    def _gold_ids(self, example: Example) -> list[int]:
+        """Gold tag ids on the predicted tokens: `-1` where annotation is missing."""
+        try:
+            return gold_tag_ids(example, self.labels, self.cfg["scheme"]).tolist()
+        except UnknownLabelError as err:
+            raise ValueError(
+                f"[{self.name}] Entity label {err.label!r} in the training data is not one of "
+                f"the component's labels {self.labels}: add it before initialization."
+            ) from None
 
     def _span_probs(
-        self, emissions: list[Floats2d], segments: list[list[int]], paths: list[list[int]]
-    ) -> list[list[float]]:
-        """Per doc, the CRF probability of each predicted entity (spans as in set_annotations)."""
-        names = self.tag_names
+        self, emissions: list[Floats2d], segments: list[list[int]], paths: list[numpy.ndarray]
+    ) -> list[numpy.ndarray]:
+        """Per doc, the CRF probability of each predicted entity, in the order the entities
+        are read from the tags (before whitespace trimming)."""
+        scheme, width = self.cfg["scheme"], 2 if self.cfg["scheme"] == "BIO" else 4
         spans, owners = [], []
         segment = 0
         for doc_index, lengths in enumerate(segments):
             for _ in lengths:
-                for start, end, label in _entities([names[t] for t in paths[segment]]):
-                    spans.append((segment, start, end, _span_tags(names, label, end - start)))
+                for start, end, label in zip(*read_entities(paths[segment], scheme)):
+                    spans.append(
+                        (segment, int(start), int(end), _span_tags(label, end - start, width))
+                    )
                     owners.append(doc_index)
                 segment += 1
-        probs = bilstm_crf_model.crf_span_probs(self.model, emissions, spans)
-        per_doc: list[list[float]] = [[] for _ in segments]
-        for owner, prob in zip(owners, probs):
-            per_doc[owner].append(prob)
-        return per_doc
+        probs = numpy.asarray(bilstm_crf_model.crf_span_probs(self.model, emissions, spans))
+        owners_array = numpy.asarray(owners, dtype="int64")
+        return [probs[owners_array == i] for i in range(len(segments))]
 
 
-def _entities(tags: list[str]) -> list[tuple[int, int, str]]:
-    """`(start, end, label)` of the entities in BIO or BILUO tags, `end` exclusive.
-
-    Invalid sequences (only the softmax head makes them) are read as spaCy reads IOB: an
-    `I-X` that continues nothing starts an entity.
-    """
-    biluo = iob_to_biluo(biluo_to_iob(tags))
-    return [(start, end + 1, label) for label, start, end in tags_to_entities(biluo)]
-
-
-def _span_tags(names: list[str], label: str, length: int) -> list[int]:
-    """Tag ids of an entity of `length` tokens, then the id that would continue it."""
-    if "U-" + label in names:
-        inside, last = names.index(f"I-{label}"), names.index(f"L-{label}")
-        if length == 1:
-            return [names.index(f"U-{label}"), inside]
-        return [names.index(f"B-{label}")] + [inside] * (length - 2) + [last, inside]
-    inside = names.index(f"I-{label}")
-    return [names.index(f"B-{label}")] + [inside] * (length - 1) + [inside]
-
-
-def _trim_spaces(doc: Doc, start: int, end: int, label: str) -> Span | None:
-    """The span without leading or trailing whitespace tokens, or None if nothing is left."""
-    while start < end and doc[start].is_space:
-        start += 1
-    while end > start and doc[end - 1].is_space:
-        end -= 1
-    return Span(doc, start, end, label=label) if start < end else None
+def _span_tags(label: int, length: int, width: int) -> list[int]:
+    """Tag ids of an entity of `length` tokens with label index `label`, then the id that would
+    continue it (BIO: B I...; BILUO: U alone, or B I... L)."""
+    base = 1 + label * width
+    begin, inside = base, base + 1
+    if width == 2:
+        return [begin] + [inside] * (length - 1) + [inside]
+    last, unit = base + 2, base + 3
+    if length == 1:
+        return [unit, inside]
+    return [begin] + [inside] * (length - 2) + [last, inside]

@@ -17,7 +17,7 @@ TRAIN_DATA = [
     ("Shaka Khan lives in Berlin.", {"entities": [(0, 10, "PERSON"), (20, 26, "LOC")]}),
     ("Shaka lives in New York City.", {"entities": [(0, 5, "PERSON"), (15, 28, "LOC")]}),
 ]
-SMALL = {"hidden_width": 32, "tok2vec": {"width": 32, "rows": [500, 200, 200, 200]}}
+SMALL = {"hidden_width": 32, "tok2vec": {"widths": [32, 16, 16, 16], "rows": [500, 200, 200, 200]}}
 # Two tokens, three tags. Token 1 scores [0, 0, 0] with tag 0: cross-entropy ln 3. Token 2
 # scores [ln 2, 0, 0] with tag 0: -ln(2 / 4) = ln 2. Token 3 is unknown (-1) and costs nothing.
 SCORES = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2.0), 0.0, 0.0], [5.0, -3.0, 1.0]]])
@@ -87,7 +87,7 @@ def test_biluo_restarts() -> None:
     assert restart_tags(tag_names(["X"]), "BIO") == ({2: 1}, {})
 
 
-def train(model: dict, scheme: str = "BIO", steps: int = 80) -> Language:
+def train(model: dict, scheme: str = "BIO", steps: int = 120) -> Language:
     torch.manual_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe("bilstm_crf", config={"model": {**SMALL, **model}, "scheme": scheme})

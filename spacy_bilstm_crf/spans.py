@@ -1,0 +1,89 @@
+"""Entities from tag ids, with NumPy: where they start and end, and which survive in a Doc.
+
+Tag ids follow `tags.tag_names`: 0 is `O`, then for each label the scheme's prefixes, "BI"
+(BIO) or "BILU" (BILUO). Sequences that break the scheme (only the softmax head makes them)
+are read as spaCy reads IOB: an entity starts at every `B` or `U`, and at an `I` or `L` that
+does not continue an entity of its label.
+"""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy
+from spacy.attrs import ENT_IOB, IS_SPACE
+from spacy.tokens import Doc, Span
+
+# ENT_IOB values in spaCy: 1 inside, 3 begin.
+_ENTITY_IOB = (1, 3)
+
+
+class Entities(NamedTuple):
+    """Entities as token offsets, `end` exclusive, and label indices; all shape `(E,)`."""
+
+    starts: numpy.ndarray
+    ends: numpy.ndarray
+    labels: numpy.ndarray
+
+
+def read_entities(ids: numpy.ndarray, scheme: str) -> Entities:
+    """The entities of one sequence of tag ids."""
+    ids = numpy.asarray(ids, dtype="int64")
+    width = 2 if scheme == "BIO" else 4
+    labels = (ids - 1) // width  # shape: (T,), -1 for O
+    prefix = (ids - 1) % width  # shape: (T,), B I (L U)
+    entity = ids > 0
+    inside = entity & ((prefix == 1) | (prefix == 2))  # I or L
+    previous_label = numpy.concatenate([[-1], labels[:-1]])
+    previous_entity = numpy.concatenate([[False], entity[:-1]])
+    continues = inside & previous_entity & (previous_label == labels)  # shape: (T,)
+    starts = numpy.flatnonzero(entity & ~continues)
+    next_continues = numpy.concatenate([continues[1:], [False]])
+    ends = numpy.flatnonzero(entity & ~next_continues) + 1
+    return Entities(starts, ends, labels[starts])
+
+
+def trim_spaces(entities: Entities, is_space: numpy.ndarray) -> tuple[Entities, numpy.ndarray]:
+    """Entities without leading or trailing whitespace tokens, and which of the given ones
+    are kept (those with something left)."""
+    starts, ends = entities.starts.copy(), entities.ends.copy()
+    for i in numpy.flatnonzero(is_space[starts] | is_space[ends - 1]):
+        while starts[i] < ends[i] and is_space[starts[i]]:
+            starts[i] += 1
+        while ends[i] > starts[i] and is_space[ends[i] - 1]:
+            ends[i] -= 1
+    kept = ends > starts
+    return Entities(starts[kept], ends[kept], entities.labels[kept]), kept
+
+
+def doc_entities(
+    doc: Doc, ids: numpy.ndarray, lengths: Sequence[int], scheme: str
+) -> tuple[Entities, numpy.ndarray]:
+    """The entities of `doc`'s tag ids, read segment by segment (`lengths`, as the model cut
+    the doc: an entity never crosses a cut) and trimmed of whitespace tokens, and which of the
+    entities read are kept."""
+    ids = numpy.asarray(ids, dtype="int64")
+    parts, start = [], 0
+    for length in lengths:
+        found = read_entities(ids[start : start + length], scheme)
+        parts.append(Entities(found.starts + start, found.ends + start, found.labels))
+        start += length
+    if not parts or not sum(len(part.starts) for part in parts):
+        nothing = numpy.zeros(0, dtype="int64")
+        return Entities(nothing, nothing, nothing), numpy.zeros(0, dtype=bool)
+    entities = Entities(*(numpy.concatenate(column) for column in zip(*parts)))
+    return trim_spaces(entities, doc.to_array(IS_SPACE).astype(bool))
+
+
+def set_entities(doc: Doc, spans: list[Span], overwrite: bool) -> None:
+    """Write `spans` to `doc.ents`: replacing what is there, or else adding only those that do
+    not overlap an entity set before. Every other token is outside an entity."""
+    if overwrite or not doc.has_annotation("ENT_IOB"):
+        doc.set_ents(spans, default="outside")
+        return
+    taken = numpy.isin(doc.to_array(ENT_IOB), _ENTITY_IOB)
+    if not taken.any():
+        doc.set_ents(spans, default="outside")
+        return
+    covered = numpy.concatenate([[0], numpy.cumsum(taken)])
+    new = [span for span in spans if covered[span.end] == covered[span.start]]
+    doc.set_ents(list(doc.ents) + new, default="outside")
