@@ -1,0 +1,102 @@
+"""`python -m spacy_bilstm_crf COMMAND ...`: the package's commands (for now, `annotate`)."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .annotate import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SHARD_SIZE,
+    ENGINES,
+    AnnotateError,
+    ShardReport,
+    annotate,
+)
+from .annotate_io import FORMATS
+
+
+def _add_annotate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "annotate",
+        help="write the entities of a JSONL or Parquet dataset of texts, in shards",
+        description=(
+            "Annotate every row of INPUT (.jsonl/.json lines or .parquet) with the pipeline "
+            "MODEL and write one record per row, {id, ents, error}, to OUTPUT/part-NNNNN.jsonl "
+            "(or .parquet) plus OUTPUT/manifest.json, in input order. Rerunning the same "
+            "command resumes a stopped run. With --engine ray, it joins the cluster at "
+            "RAY_ADDRESS if set, else starts a local one."
+        ),
+    )
+    parser.add_argument("model", help="a pipeline folder or an installed pipeline package")
+    parser.add_argument("input", help="a .jsonl/.json (JSON lines) or .parquet file")
+    parser.add_argument("output", help="the output folder (created if missing)")
+    parser.add_argument("--text-column", default="text", help="the texts' column (text)")
+    parser.add_argument(
+        "--id-column", default="id", help="the ids' column (id); row numbers where absent"
+    )
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="nlp.pipe processes, or Ray actors (1)"
+    )
+    parser.add_argument("--engine", choices=ENGINES, default="local")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl", dest="output_format")
+    parser.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per output shard"
+    )
+    parser.add_argument(
+        "--max-chars", type=int, default=None, help="longer texts are error rows (nlp.max_length)"
+    )
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (0: one CPU each)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the output of another run in OUTPUT"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no line per shard written")
+    parser.set_defaults(run=_run_annotate)
+
+
+def _run_annotate(args: argparse.Namespace) -> None:
+    def progress(report: ShardReport) -> None:
+        print(
+            f"{report.name}: {report.rows:,} rows, {report.errors:,} errors "
+            f"({report.elapsed:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    summary = annotate(
+        args.model,
+        args.input,
+        args.output,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        engine=args.engine,
+        output_format=args.output_format,
+        shard_size=args.shard_size,
+        max_chars=args.max_chars,
+        gpus_per_actor=args.gpus_per_actor,
+        overwrite=args.overwrite,
+        on_shard=None if args.quiet else progress,
+    )
+    print(summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the command; a bad setting is one line, exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m spacy_bilstm_crf")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_annotate(commands)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except AnnotateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The batch annotator's files: input rows (JSONL or Parquet), output shards, the manifest.
+
+Every input row becomes a `Row` whether or not it is usable, so that the output has exactly one
+record per input row: a row that cannot be annotated (no text, not a string, too long, a line
+that is not JSON) carries the reason in `error`. Shards are written to a hidden temporary file
+and renamed into place, and the manifest lists only shards that are complete, which is what
+makes a killed run resumable without loss.
+"""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import srsly
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+FORMATS = ("jsonl", "parquet")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+_BOM = b"\xef\xbb\xbf"
+_READ_BATCH = 10_000
+_JSON_TYPES = (str, int, float, bool, type(None), list, dict)
+
+
+class AnnotateError(ValueError):
+    """A problem with the annotator's input, output or settings; the message says which."""
+
+
+class Row(NamedTuple):
+    """One input row: its id, its text (None when unusable) and why it is unusable."""
+
+    id: Any
+    text: str | None
+    error: str | None
+
+
+def input_kind(path: Path) -> str:
+    """ "jsonl" or "parquet", from the input file's extension."""
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    known = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
+    raise AnnotateError(f"Cannot tell the format of {path}: its extension is not one of {known}.")
+
+
+def require_pyarrow(why: str) -> Any:
+    """The pyarrow module, or an error naming the extra that installs it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as error:
+        raise AnnotateError(
+            f'{why} needs pyarrow, which is not installed: pip install "spacy-bilstm-crf[parquet]"'
+        ) from error
+    return pyarrow
+
+
+def check_input(path: Path, text_column: str) -> str:
+    """Fail early on an input that cannot be read at all; return its kind."""
+    if not path.exists():
+        raise AnnotateError(f"The input file {path} does not exist.")
+    if not path.is_file():
+        raise AnnotateError(f"The input {path} is not a file.")
+    kind = input_kind(path)
+    if kind == "parquet":
+        pyarrow = require_pyarrow(f"Reading {path.name}")
+        try:
+            names = pyarrow.parquet.ParquetFile(path).schema_arrow.names
+        except pyarrow.ArrowException as error:
+            raise AnnotateError(f"Cannot read {path} as Parquet: {error}") from error
+        if text_column not in names:
+            raise AnnotateError(
+                f"The text column {text_column!r} is not in {path}; its columns are {names}. "
+                "Name the right one with --text-column."
+            )
+    return kind
+
+
+def read_rows(
+    path: Path, kind: str, text_column: str, id_column: str, max_chars: int
+) -> Iterator[Row]:
+    """Every row of the input in order, lazily. Blank JSONL lines are not rows (as in srsly)."""
+    if kind == "jsonl":
+        records = _jsonl_records(path)
+    else:
+        records = _parquet_records(path, [text_column, id_column])
+    for number, (record, problem) in enumerate(records):
+        if problem is not None:
+            yield Row(number, None, problem)
+            continue
+        row_id = record.get(id_column, number)
+        if not isinstance(row_id, _JSON_TYPES):  # e.g. a Parquet timestamp
+            row_id = str(row_id)
+        if text_column not in record:
+            yield Row(row_id, None, f"text is missing: the row has no {text_column!r} field")
+            continue
+        text = record[text_column]
+        error = text_error(text, max_chars)
+        yield Row(row_id, None if error else text, error)
+
+
+def text_error(text: Any, max_chars: int) -> str | None:
+    """Why `text` cannot be annotated, or None if it can."""
+    if text is None:
+        return "text is null"
+    if not isinstance(text, str):
+        return f"text is {type(text).__name__}, not str"
+    if len(text) > max_chars:
+        return f"text has {len(text):,} characters, more than max_chars {max_chars:,}"
+    return None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[dict, str | None]]:
+    """`(record, None)` per JSON line, or `({}, problem)` for a line that is not an object."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            line = raw.strip()
+            if not line:
+                continue
+            if number == 1 and line == b"[":
+                raise AnnotateError(
+                    f"{path} looks like one JSON array; the annotator reads JSON lines "
+                    "(one object per line)."
+                )
+            try:
+                record = srsly.json_loads(line.decode("utf8"))
+            except UnicodeDecodeError as error:
+                yield {}, f"line {number} is not valid UTF-8: {error}"
+                continue
+            except ValueError as error:
+                yield {}, f"line {number} is not valid JSON: {error}"
+                continue
+            if not isinstance(record, dict):
+                yield {}, f"line {number} is not a JSON object (got {type(record).__name__})"
+                continue
+            yield record, None
+
+
+def _parquet_records(path: Path, columns: list[str]) -> Iterator[tuple[dict, None]]:
+    """The rows of a Parquet file as dicts of those `columns` it has, a batch at a time."""
+    pyarrow = require_pyarrow(f"Reading {path.name}")
+    parquet = pyarrow.parquet.ParquetFile(path)
+    present = [name for name in dict.fromkeys(columns) if name in parquet.schema_arrow.names]
+    for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=present):
+        for record in batch.to_pylist():
+            yield record, None
+
+
+def shard_name(index: int, output_format: str) -> str:
+    """`part-00000.jsonl`, `part-00001.parquet`, ...: names that sort in row order."""
+    return f"part-{index:05d}.{output_format}"
+
+
+def write_shard(
+    folder: Path, name: str, records: list[dict], output_format: str, scored: bool
+) -> int:
+    """Write one shard atomically (a hidden temporary file, fsync, rename); return its bytes."""
+    final = folder / name
+    temporary = folder / f".{name}.tmp"
+    if output_format == "jsonl":
+        srsly.write_jsonl(temporary, records)
+    else:
+        _write_parquet(temporary, records, scored)
+    with temporary.open("rb+") as written:
+        os.fsync(written.fileno())
+    os.replace(temporary, final)
+    _fsync_folder(folder)
+    return final.stat().st_size
+
+
+def _write_parquet(path: Path, records: list[dict], scored: bool) -> None:
+    """Records as a Parquet table with a fixed schema for `ents` and `error`."""
+    pyarrow = require_pyarrow("Writing Parquet output")
+    fields = [("start_char", pyarrow.int64()), ("end_char", pyarrow.int64())]
+    fields.append(("label", pyarrow.string()))
+    if scored:
+        fields.append(("score", pyarrow.float64()))
+    ents_type = pyarrow.list_(pyarrow.struct(fields))
+    ids = [record["id"] for record in records]
+    try:
+        id_array = pyarrow.array(ids)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError):
+        id_array = pyarrow.array([None if i is None else str(i) for i in ids], pyarrow.string())
+    table = pyarrow.table(
+        {
+            "id": id_array,
+            "ents": pyarrow.array([record["ents"] for record in records], ents_type),
+            "error": pyarrow.array([record["error"] for record in records], pyarrow.string()),
+        }
+    )
+    pyarrow.parquet.write_table(table, path)
+
+
+def read_shard(path: Path) -> list[dict]:
+    """The records of one output shard (JSONL or Parquet), as written."""
+    if path.suffix == ".jsonl":
+        return list(srsly.read_jsonl(path))
+    pyarrow = require_pyarrow("Reading Parquet output")
+    return pyarrow.parquet.read_table(path).to_pylist()
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies the input for resuming: its absolute path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+class Manifest:
+    """`manifest.json`: the input, the settings that change the output, the complete shards."""
+
+    def __init__(self, folder: Path, data: dict[str, Any]) -> None:
+        self.folder = folder
+        self.data = data
+
+    @classmethod
+    def open(
+        cls, folder: Path, source: dict[str, Any], settings: dict[str, Any], overwrite: bool
+    ) -> "Manifest":
+        """The folder's manifest to resume, or a new one; refuses to mix different runs."""
+        if folder.exists() and not folder.is_dir():
+            raise AnnotateError(f"The output {folder} exists and is not a folder.")
+        path = folder / MANIFEST
+        if overwrite:
+            _remove_outputs(folder)
+        elif path.exists():
+            data = srsly.read_json(path)
+            differences = _differences(data, source, settings)
+            if differences:
+                raise AnnotateError(
+                    f"{folder} holds the output of another run ({'; '.join(differences)}). "
+                    "Pass --overwrite to replace it, or choose another output folder."
+                )
+            manifest = cls(folder, data)
+            manifest._forget_missing_shards()
+            return manifest
+        elif folder.exists() and any(folder.glob("part-*")):
+            raise AnnotateError(
+                f"{folder} has shards but no {MANIFEST}: it is not this annotator's output. "
+                "Pass --overwrite to replace them, or choose another output folder."
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": MANIFEST_VERSION,
+            "input": source,
+            "settings": settings,
+            "shards": {},
+            "complete": False,
+            "rows": None,
+        }
+        manifest = cls(folder, data)
+        manifest.save()
+        return manifest
+
+    def is_done(self, name: str) -> bool:
+        return name in self.data["shards"]
+
+    def add_shard(self, name: str, rows: int, errors: int, size: int) -> None:
+        self.data["shards"][name] = {"rows": rows, "errors": errors, "bytes": size}
+        self.save()
+
+    def finish(self) -> None:
+        self.data["complete"] = True
+        self.data["rows"] = sum(shard["rows"] for shard in self.data["shards"].values())
+        self.save()
+
+    def save(self) -> None:
+        """Replace the manifest atomically, as the shards are."""
+        temporary = self.folder / f".{MANIFEST}.tmp"
+        srsly.write_json(temporary, self.data)
+        os.replace(temporary, self.folder / MANIFEST)
+        _fsync_folder(self.folder)
+
+    def _forget_missing_shards(self) -> None:
+        """Drop listed shards whose file is gone or has another size: they are redone."""
+        shards = self.data["shards"]
+        for name, info in list(shards.items()):
+            path = self.folder / name
+            if not path.exists() or path.stat().st_size != info["bytes"]:
+                del shards[name]
+                self.data["complete"] = False
+
+
+def _differences(data: dict[str, Any], source: dict[str, Any], settings: dict[str, Any]) -> list:
+    """What differs between a manifest and this run, as `name was X, now Y` phrases."""
+    if data.get("version") != MANIFEST_VERSION:
+        return [f"manifest version {data.get('version')}, this annotator writes {MANIFEST_VERSION}"]
+    found = []
+    for section, now in (("input", source), ("settings", settings)):
+        before = data.get(section, {})
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                found.append(f"{section} {key} was {before.get(key)!r}, now {now.get(key)!r}")
+    return found
+
+
+def _remove_outputs(folder: Path) -> None:
+    """Delete this annotator's files (shards, temporaries, manifest), nothing else."""
+    if not folder.is_dir():
+        return
+    for pattern in ("part-*", ".part-*.tmp", MANIFEST, f".{MANIFEST}.tmp"):
+        for path in folder.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
