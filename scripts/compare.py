@@ -2,7 +2,8 @@
 
     python scripts/compare.py METRICS_DIR TRAINING_DIR --systems bilstm_crf ner --output OUT.md
 
-For each SYSTEM it reads the files that project.yml writes:
+Systems whose test scores are missing (not trained, such as spaCy's accuracy recipe without
+vectors) are left out with a note. For each SYSTEM it reads the files that project.yml writes:
 
 - METRICS_DIR/SYSTEM.json: `spacy evaluate` on the test set (P, R, F1, per-type F1)
 - METRICS_DIR/SYSTEM-speed.json: scripts/speed.py (words per second, peak memory, machine)
@@ -32,6 +33,7 @@ class Result:
     train_threads: int | None
     size_bytes: int
     max_steps: int
+    vectors: str
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -52,6 +54,9 @@ def load_result(name: str, metrics_dir: Path, training_dir: Path) -> Result:
     model = training_dir / name / "model-best"
     config = load_config(model / "config.cfg")
     train = _read_json(metrics_dir / f"{name}-train.json")
+    vectors_cfg = model / "vocab" / "vectors.cfg"
+    shape = _read_json(vectors_cfg).get("shape") if vectors_cfg.is_file() else None
+    rows, width = shape if shape else (0, 0)
     return Result(
         name=name,
         scores=_read_json(metrics_dir / f"{name}.json"),
@@ -60,6 +65,7 @@ def load_result(name: str, metrics_dir: Path, training_dir: Path) -> Result:
         train_threads=train.get("threads"),
         size_bytes=directory_size(model),
         max_steps=int(config["training"]["max_steps"]),
+        vectors=f"{rows:,} x {width}" if rows else "none",
     )
 
 
@@ -72,7 +78,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
 
 
-def markdown_table(results: Sequence[Result], title: str) -> str:
+def markdown_table(results: Sequence[Result], title: str, vectors: str | None = None) -> str:
     """The comparison as Markdown: a header line, then one row per system."""
     types = sorted({label for r in results for label in r.scores.get("ents_per_type") or {}})
     first = results[0].speed
@@ -81,14 +87,19 @@ def markdown_table(results: Sequence[Result], title: str) -> str:
         f"{first['date'][:10]}. F1, P and R in %, per-type columns are F1. "
         f"Speed: `nlp.pipe` on the test texts, median of {len(first['runs_words_per_second'])} "
         f"runs. Training: wall time of `spacy train` (at most {results[0].max_steps} steps, "
-        "best dev checkpoint kept)."
+        "best dev checkpoint kept). Inputs: `bilstm_crf` and `ner` (configs/ner.cfg) read the "
+        "same features and vectors"
+        + (f" (`{vectors}`)" if vectors else "")
+        + "; `spacy_efficiency` and `spacy_accuracy` are spaCy's `init config` recipes, the "
+        "first without vectors, the second with the same vectors; the vectors column is the "
+        "table in each pipeline."
     )
-    columns = ["system", "F1", "P", "R", *(f"F1 {t}" for t in types)]
+    columns = ["system", "vectors", "F1", "P", "R", *(f"F1 {t}" for t in types)]
     columns += ["words/s", "peak RSS", "training time", "model size"]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for r in results:
         per_type = r.scores.get("ents_per_type") or {}
-        cells = [f"`{r.name}`"]
+        cells = [f"`{r.name}`", r.vectors]
         cells += [_percent(r.scores.get(key)) for key in ("ents_f", "ents_p", "ents_r")]
         cells += [_percent(per_type.get(t, {}).get("f")) for t in types]
         cells += [
@@ -118,14 +129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("training_dir", type=Path, help="folder with SYSTEM/model-best")
     parser.add_argument("--systems", nargs="+", required=True, help="system names, in order")
     parser.add_argument("--title", default=None, help="dataset name for the header line")
+    parser.add_argument("--vectors", default=None, help="the vectors source, for the header")
     parser.add_argument("--output", type=Path, required=True, help="Markdown file to write")
     args = parser.parse_args(argv)
+    present = [name for name in args.systems if (args.metrics_dir / f"{name}.json").is_file()]
+    if not present:
+        print(f"error: no test scores in {args.metrics_dir} for {args.systems}", file=sys.stderr)
+        return 1
     try:
-        results = [load_result(name, args.metrics_dir, args.training_dir) for name in args.systems]
+        results = [load_result(name, args.metrics_dir, args.training_dir) for name in present]
     except (FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    table = markdown_table(results, args.title or args.metrics_dir.name)
+    table = markdown_table(results, args.title or args.metrics_dir.name, args.vectors)
+    missing = [name for name in args.systems if name not in present]
+    if missing:
+        table += f"\nNot trained (no test scores): {', '.join(missing)}.\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(table, encoding="utf-8")
     print(table)

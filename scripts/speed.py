@@ -74,8 +74,10 @@ def measure(
     if threads < 1 or repeats < 1:
         raise ValueError("threads and repeats must be at least 1")
     torch.set_num_threads(threads)
-    if gpu_id is not None:
+    if gpu_id is not None and gpu_id >= 0:
         spacy.require_gpu(gpu_id)
+    else:
+        gpu_id = None
     nlp = spacy.load(pipeline)
     texts = [doc.text for doc in DocBin().from_disk(data).get_docs(nlp.vocab)]
     if not texts:
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after a warm-up")
     parser.add_argument("--batch-size", type=int, default=64, help="docs per nlp.pipe batch")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--gpu-id", type=int, default=None, help="run on this GPU")
+    parser.add_argument("--gpu-id", type=int, default=-1, help="run on this GPU (-1: CPU)")
     args = parser.parse_args(argv)
     result = measure(
         args.pipeline, args.data, args.threads, args.repeats, args.batch_size, args.gpu_id

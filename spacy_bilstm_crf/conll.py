@@ -5,7 +5,8 @@ the last one (columns separated by tabs or spaces, middle columns are ignored), 
 blank or whitespace-only line between sentences, optional `-DOCSTART-` lines.
 Tags are IOB1 or IOB2 and are always returned as IOB2.
 
-Run `python -m spacy_bilstm_crf.conll INPUT OUTPUT [--n-sents 10] [--scheme auto] [--limit N]`.
+Run `python -m spacy_bilstm_crf.conll INPUT OUTPUT [--n-sents 10] [--scheme auto] [--limit N]`
+(`--limit 0`, the default, converts every sentence).
 """
 
 import argparse
@@ -309,7 +310,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-sents", type=int, default=10, help="sentences per doc (fallback)")
     parser.add_argument("--scheme", choices=SCHEMES, default="auto", help="input tag scheme")
     parser.add_argument(
-        "--limit", type=int, default=None, help="convert only the first N sentences of each file"
+        "--limit",
+        type=int,
+        default=0,
+        help="convert only the first N sentences of each file (0: all)",
     )
     return parser.parse_args(argv)
 
@@ -320,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for source, target in _jobs(args.input, args.output):
             stats = convert(
-                source, target, n_sents=args.n_sents, scheme=args.scheme, limit=args.limit
+                source, target, n_sents=args.n_sents, scheme=args.scheme, limit=args.limit or None
             )
             print(f"{source} -> {target}\n{stats}\n")
     except (ValueError, OSError) as err:

@@ -194,6 +194,18 @@ class CRF(nn.Module):
         probs = probs / probs.sum(1, keepdim=True).clamp(min=1.0)  # shape: (B, k)
         return probs.reshape(scores.shape)
 
+    @torch.no_grad()
+    def scaled(self, temperature: float) -> "CRF":
+        """A copy whose transition, start and end scores are divided by `temperature`, with the
+        same constraints. With emissions divided by it too, the best paths stay the same and
+        the probabilities get flatter (above 1) or sharper (below 1): temperature scaling."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        copy = CRF(self.num_tags, Constraints(self.allowed, self.allowed_start, self.allowed_end))
+        for name in ("transitions", "start_transitions", "end_transitions"):
+            getattr(copy, name).copy_(getattr(self, name) / temperature)
+        return copy.to(self.transitions.device)
+
     @staticmethod
     def to_lists(paths: Tensor, mask: Tensor) -> list[list[int]]:
         """Ragged lists of tag ids from padded `paths` and their mask."""

