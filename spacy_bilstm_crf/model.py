@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy
+import srsly
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -221,36 +222,37 @@ RUNTIME_ATTRS = ("max_length", "dropout", "word_dropout", "rate")
 
 def load_bytes(model: Model, data: bytes) -> None:
     """Load saved weights into a built model. Runtime settings keep the config's values; a
-    model setting or width that the config gives and the saved model contradicts is an error."""
+    model setting or width that the config gives and the saved model contradicts is an error,
+    found before any weight is loaded."""
     nodes = list(model.walk())
-    dims = [{k: v for k, v in (node._dims or {}).items() if v is not None} for node in nodes]
-    attrs = [dict(node.attrs) for node in nodes]
-    try:
-        model.from_bytes(data)
-    except ValueError as err:
-        if "mismatched structure" not in str(err):
-            raise
+    saved = srsly.msgpack_loads(data)
+    if len(saved.get("nodes", [])) != len(nodes):
         raise ValueError(
             "The config's model has other layers than the saved one (a different tok2vec or "
             "feature architecture): load the pipeline with the model config it was trained with."
-        ) from None
-    for node, known, before in zip(nodes, dims, attrs):
-        for name, value in known.items():
-            saved = node.get_dim(name) if node.has_dim(name) else None
-            if saved != value:
+        )
+    runtime = [{k: node.attrs[k] for k in RUNTIME_ATTRS if k in node.attrs} for node in nodes]
+    saved_dims_all = [info.get("dims", {}) for info in saved["nodes"]]
+    for node, saved_dims, saved_attrs in zip(nodes, saved_dims_all, saved["attrs"]):
+        for name, value in (node._dims or {}).items():
+            if value is not None and saved_dims.get(name) not in (None, value):
                 raise ValueError(
                     f"The config sets {node.name} {name} = {value}, but the saved model has "
-                    f"{saved}: settings that shape the model come from training."
+                    f"{saved_dims[name]}: settings that shape the model come from training."
                 )
         for name in MODEL_ATTRS:
-            if name in before and before[name] != node.attrs.get(name):
+            if name not in node.attrs or name not in saved_attrs:
+                continue
+            trained = saved_attrs[name]
+            trained = srsly.msgpack_loads(trained) if isinstance(trained, bytes) else trained
+            if node.attrs[name] != trained:
                 raise ValueError(
-                    f"The config sets {name} = {before[name]!r}, but the model was trained with "
-                    f"{node.attrs.get(name)!r}: settings that shape the model come from training."
+                    f"The config sets {name} = {node.attrs[name]!r}, but the model was trained "
+                    f"with {trained!r}: settings that shape the model come from training."
                 )
-        for name in RUNTIME_ATTRS:
-            if name in before:
-                node.attrs[name] = before[name]
+    model.from_bytes(data)
+    for node, values in zip(nodes, runtime):
+        node.attrs.update(values)
 
 
 def torch_module(model: Model) -> BiLSTMTagger:

@@ -1,0 +1,208 @@
+"""Dependable in real use: settings at load time, untrusted pipelines, threads, long input,
+short runs and the CRF's public API on infeasible gold."""
+
+import io
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+import srsly
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.training import Example
+from spacy.util import load_config, registry
+
+from spacy_bilstm_crf import model as bilstm_crf_model
+from spacy_bilstm_crf.parallel import one_intra_op_thread
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_DATA = [
+    ("Who is Shaka Khan?", {"entities": [(7, 17, "PERSON")]}),
+    ("I like London and Berlin.", {"entities": [(7, 13, "LOC"), (18, 24, "LOC")]}),
+    ("Shaka Khan lives in Berlin.", {"entities": [(0, 10, "PERSON"), (20, 26, "LOC")]}),
+    ("Nothing to see here.", {"entities": []}),
+]
+SMALL = {
+    "hidden_width": 32,
+    "tok2vec": {"widths": [32, 16, 16, 16], "rows": [500, 200, 200, 200], "char_width": 8},
+}
+
+
+def ents(doc: Doc) -> list[tuple[int, int, str]]:
+    return [(ent.start_char, ent.end_char, ent.label_) for ent in doc.ents]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small pipeline trained on TRAIN_DATA, component named "ner", saved to disk."""
+    torch.manual_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bilstm_crf", name="ner", config={"model": SMALL})
+    examples = [Example.from_dict(nlp.make_doc(t), a) for t, a in TRAIN_DATA]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(100):
+        nlp.update(examples, sgd=optimizer)
+    path = tmp_path_factory.mktemp("saved") / "nlp"
+    nlp.to_disk(path)
+    return path
+
+
+def test_runtime_settings_given_at_load_time_take_effect(saved: Path) -> None:
+    plain = spacy.load(saved)
+    assert not plain("Shaka Khan lives in Berlin.").spans
+    settings = {"confidence": True, "overwrite": True, "spans_key": "xx", "nbest": 2}
+    nlp = spacy.load(saved, config={"components": {"ner": settings}})
+    ner = nlp.get_pipe("ner")
+    for key, value in settings.items():
+        assert ner.cfg[key] == value
+    doc = nlp("Shaka Khan lives in Berlin.")
+    assert ents(doc) == ents(plain("Shaka Khan lives in Berlin."))
+    assert len(doc.spans["xx"]) == len(doc.ents) and len(doc.spans["xx"].attrs["scores"]) > 0
+    assert doc.spans["xx_nbest_1"].attrs["rank"] == 1
+    strict = spacy.load(saved, config={"components": {"ner": {"threshold": 1.0}}})
+    assert not strict("Shaka Khan lives in Berlin.").ents
+
+
+def test_settings_that_shape_the_model_come_from_disk_and_a_conflict_is_an_error(
+    saved: Path,
+) -> None:
+    with pytest.raises(ValueError, match="trained with 'BILUO'"):
+        spacy.load(saved, config={"components": {"ner": {"scheme": "BIO"}}})
+    widths = {"components": {"ner": {"model": {"tok2vec": {"widths": [8, 8, 8, 8]}}}}}
+    with pytest.raises(ValueError, match="settings that shape the model come from training"):
+        spacy.load(saved, config=widths)
+    hidden = {"components": {"ner": {"model": {"hidden_width": 64}}}}
+    with pytest.raises(ValueError, match="hidden_width = 64.*trained with 32"):
+        spacy.load(saved, config=hidden)
+    cut = spacy.load(saved, config={"components": {"ner": {"model": {"max_length": 3}}}})
+    assert cut.get_pipe("ner").model.attrs["max_length"] == 3  # a runtime setting
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates a file: what a crafted pipeline would
+    do. Only `os.system` is referenced, which any Python can import."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("force_unsafe", [False, True])
+def test_a_pickle_payload_in_the_weights_is_refused(
+    saved: Path, tmp_path: Path, force_unsafe: bool
+) -> None:
+    """The model bytes carry a pickle that would create a file; loading raises a clear error
+    and the file is never made, also with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1."""
+    crafted = tmp_path / "crafted"
+    subprocess.run(["cp", "-r", str(saved), str(crafted)], check=True)
+    marker = tmp_path / "pwned"
+    model_file = crafted / "ner" / "model"
+    message = srsly.msgpack_loads(model_file.read_bytes())
+    buffer = io.BytesIO()
+    torch.save({"weight": _Payload(marker)}, buffer, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    for shims in message["shims"]:
+        for i, shim in enumerate(shims):
+            state = srsly.msgpack_loads(shim)
+            state["state"] = buffer.getvalue()
+            shims[i] = srsly.msgpack_dumps(state)
+    model_file.write_bytes(srsly.msgpack_dumps(message))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if force_unsafe:
+        env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    code = f"import spacy\nspacy.load({str(crafted)!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode != 0
+    assert "hold something other than tensors" in result.stderr
+    assert not marker.exists()
+
+
+def test_threads_setting_is_restored_and_applied(saved: Path) -> None:
+    torch.set_num_threads(2)
+    try:
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        nlp = spacy.load(saved, config={"components": {"ner": {"threads": 2}}})
+        texts = [text for text, _ in TRAIN_DATA] * 20
+        two = [ents(doc) for doc in nlp.pipe(texts)]
+        assert torch.get_num_threads() == 2  # restored after the component's calls
+        nlp.get_pipe("ner").cfg["threads"] = 1
+        assert [ents(doc) for doc in nlp.pipe(texts)] == two
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="threads must be 0"):
+        spacy.blank("en").add_pipe("bilstm_crf", config={"threads": -1})
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_long_input_keeps_memory_bounded(saved: Path) -> None:
+    """A 200,000-token document, 5,000 empty docs, and 100,000 words through nlp.pipe in
+    batches: memory stays within bounds (the full-size figures are in benchmarks/)."""
+    nlp = spacy.load(saved)
+    words = ["Shaka", "Khan", "lives", "in", "Berlin", "."] * 33_334
+    doc = nlp(Doc(nlp.vocab, words=words[:200_000]))
+    assert len(doc.ents) > 30_000 and all(token.ent_iob for token in doc)
+    empties = list(nlp.pipe([""] * 5000, batch_size=1000))
+    assert len(empties) == 5000 and not any(d.ents for d in empties)
+    texts = ["Shaka Khan lives in Berlin and London ."] * 12_500
+    rss = []
+    for i, _ in enumerate(nlp.pipe(texts, batch_size=500)):
+        if i % 2500 == 0:
+            rss.append(_rss_mb())
+    assert max(rss[1:]) - rss[1] < 100, rss
+
+
+def test_short_runs_warm_up_quickly() -> None:
+    """With `--training.max_steps 40` the learning rate is near its peak within the run."""
+    config = load_config(REPO / "configs" / "bilstm_crf.cfg", overrides={"training.max_steps": 40})
+    schedule = registry.resolve({"s": config["training"]["optimizer"]["learn_rate"]})["s"]
+    rates = [next(schedule) for _ in range(40)]
+    peak = config["training"]["optimizer"]["learn_rate"]["initial_rate"]
+    assert rates[0] == 0.0 and rates[30] > 0.9 * peak
+
+
+def test_readme_crf_example_uses_valid_tags_and_prints_finite_numbers() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(from spacy_bilstm_crf import CRF.*?)```", readme, re.S)
+    assert example, "README has no standalone CRF example"
+    result = subprocess.run(
+        [sys.executable, "-c", example.group(1)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    numbers = [float(n) for n in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", result.stdout)]
+    assert numbers and all(abs(n) < 1e6 for n in numbers)
+    assert "inf" not in result.stdout and "nan" not in result.stdout
+
+
+def test_infeasible_gold_names_row_and_position() -> None:
+    from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
+
+    tags = tag_names(["PER"])  # O B-PER I-PER
+    crf = CRF(len(tags), allowed_transitions(tags, "BIO"))
+    gold = torch.tensor([[1, 2, 0], [0, 2, 0]])  # row 1: O -> I-PER
+    with pytest.raises(ValueError, match="row 1 break the constraints at position 1"):
+        crf.nll(torch.randn(2, 3, len(tags)), gold)
+    assert torch.isinf(crf.nll(torch.randn(2, 3, len(tags)), gold, infeasible="inf")[1])
+
+
+def test_torch_module_is_reached_in_one_place(saved: Path) -> None:
+    nlp: Language = spacy.load(saved)
+    module = bilstm_crf_model.torch_module(nlp.get_pipe("ner").model)
+    assert module.threads >= 1 and module.crf.num_tags == 1 + 4 * 2
