@@ -50,14 +50,22 @@ class Annotated(NamedTuple):
     words: int
 
 
-def load_pipeline(model: str | Path, max_chars: int | None = None) -> Language:
-    """`spacy.load(model)`, with `nlp.max_length` raised to `max_chars` where that is more."""
+def load_pipeline(
+    model: str | Path, max_chars: int | None = None, threads: int | None = None
+) -> Language:
+    """`spacy.load(model)`, with `nlp.max_length` raised to `max_chars` where that is more,
+    and the `bilstm_crf` components on `threads` threads when given (a worker or actor that
+    shares the machine with others uses one)."""
     try:
         nlp = spacy.load(model)
     except (OSError, ValueError) as error:
         raise AnnotateError(f"Cannot load the pipeline {str(model)!r}: {error}") from error
     if max_chars is not None and max_chars > nlp.max_length:
         nlp.max_length = max_chars
+    if threads is not None:
+        for name in nlp.pipe_names:
+            if nlp.get_pipe_meta(name).factory == "bilstm_crf":
+                nlp.get_pipe(name).cfg["threads"] = threads
     return nlp
 
 
@@ -188,7 +196,7 @@ def _worker_pipeline(model: str, max_chars: int) -> Language:
     """A worker process's pipeline, loaded once, on its first batch, with one torch thread
     (as Ray gives each actor one CPU): more threads than cores only wait for each other."""
     torch.set_num_threads(1)
-    return load_pipeline(model, max_chars)
+    return load_pipeline(model, max_chars, threads=1)
 
 
 def _annotate_batch(
@@ -227,7 +235,7 @@ class RayAnnotator:
     def __init__(self, model: str, max_chars: int, batch_size: int, use_gpu: bool) -> None:
         if use_gpu:
             spacy.require_gpu()
-        self.nlp = load_pipeline(model, max_chars)
+        self.nlp = load_pipeline(model, max_chars, threads=1)
         self.keys = score_keys(self.nlp)
         self.batch_size = batch_size
 

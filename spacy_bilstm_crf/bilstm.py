@@ -97,9 +97,8 @@ class BiLSTMTagger(nn.Module):
 
     def _layer(self, tokens: Tensor, layout: Layout, layer: int) -> Tensor:
         """One bidirectional layer: each bucket and direction a fused recurrence."""
-        padded = torch.cat([tokens, tokens.new_zeros(1, tokens.shape[1])])  # shape: (N + 1, D)
         tasks = [
-            partial(self._direction, padded, index, layer, reverse)
+            partial(self._direction, tokens, index, layer, reverse)
             for reverse, indexes in ((False, layout.forward), (True, layout.reverse))
             for index in indexes
         ]
@@ -115,10 +114,10 @@ class BiLSTMTagger(nn.Module):
             dim=1,
         )  # shape: (N, H)
 
-    def _direction(self, padded: Tensor, index: Tensor, layer: int, reverse: bool) -> Tensor:
+    def _direction(self, tokens: Tensor, index: Tensor, layer: int, reverse: bool) -> Tensor:
         """The RNN of one direction of `layer` over one bucket, `index` `(B_b, T_b)` into the
-        rows of `padded` (its last row is zeros); reversed buckets hold each sequence reversed."""
-        inputs = padded.index_select(0, index.flatten()).view(*index.shape, -1)  # (B_b, T_b, D)
+        rows of `tokens`; reversed buckets hold each sequence reversed (see `layout.py`)."""
+        inputs = tokens.index_select(0, index.flatten()).view(*index.shape, -1)  # (B_b, T_b, D)
         suffix = f"_l{layer}" + ("_reverse" if reverse else "")
         weights = [getattr(self.rnn, name + suffix) for name in _WEIGHTS]
         start = inputs.new_zeros(1, index.shape[0], self.rnn.hidden_size)

@@ -1,10 +1,10 @@
 """Where the tokens of concatenated sequences go in length buckets padded for a recurrence.
 
 Sequences are sorted by length and grouped so that each bucket's padding stays a small share
-of its tokens; a bucket is a `(B_b, T_b)` grid of token indices, padded with the index of a
-row of zeros. The reverse direction reads each sequence backwards from its last token, so its
-grid holds each row reversed, with the padding still at the end (a recurrence never reads
-padding before a real token). `forward_rows` and `reverse_rows` say where each token's state
+of its tokens; a bucket is a `(B_b, T_b)` grid of token indices. The reverse direction reads
+each sequence backwards from its last token, so its grid holds each row reversed. Padding
+always comes after a row's real tokens, so a recurrence never reads it before them: it may
+hold any token (index 0), and it changes neither the real states nor their gradients. `forward_rows` and `reverse_rows` say where each token's state
 lands when the buckets' outputs are concatenated, so that one `index_select` per direction
 brings them back to token order.
 
@@ -24,7 +24,7 @@ SLACK = 0.25
 class Layout(NamedTuple):
     """Bucket grids of token indices, per direction, and the way back to token order."""
 
-    forward: list[Tensor]  # each shape: (B_b, T_b), token indices, N for padding
+    forward: list[Tensor]  # each shape: (B_b, T_b), token indices, 0 for padding
     reverse: list[Tensor]  # each shape: (B_b, T_b), the same rows reversed
     forward_rows: Tensor  # shape: (N,), row of each token in the stacked forward outputs
     reverse_rows: Tensor  # shape: (N,), the same for the reverse outputs
@@ -48,8 +48,8 @@ def bucket_layout(lengths: numpy.ndarray, slack: float = SLACK) -> Layout:
         real = positions < sizes[:, None]  # shape: (B_b, T_b)
         grid = starts[members][:, None] + positions  # shape: (B_b, T_b)
         backwards = starts[members][:, None] + sizes[:, None] - 1 - positions
-        forward.append(torch.from_numpy(numpy.where(real, grid, total)))
-        reverse.append(torch.from_numpy(numpy.where(real, backwards, total)))
+        forward.append(torch.from_numpy(numpy.where(real, grid, 0)))
+        reverse.append(torch.from_numpy(numpy.where(real, backwards, 0)))
         cells = offset + numpy.arange(real.size).reshape(real.shape)  # shape: (B_b, T_b)
         forward_rows[grid[real]] = cells[real]
         reverse_rows[backwards[real]] = cells[real]
