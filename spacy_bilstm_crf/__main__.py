@@ -1,8 +1,10 @@
-"""`python -m spacy_bilstm_crf COMMAND ...`: the package's commands (for now, `annotate`)."""
+"""`python -m spacy_bilstm_crf COMMAND ...`: the package's commands, `annotate` and `calibrate`."""
 
 import argparse
 import sys
 from collections.abc import Sequence
+
+import spacy
 
 from .annotate import (
     DEFAULT_BATCH_SIZE,
@@ -13,6 +15,14 @@ from .annotate import (
     annotate,
 )
 from .annotate_io import FORMATS
+from .calibration import (
+    CalibrationError,
+    bilstm_crf_component,
+    entity_outcomes,
+    expected_calibration_error,
+    fit_temperature,
+    read_examples,
+)
 
 
 def _add_annotate(commands: argparse._SubParsersAction) -> None:
@@ -84,15 +94,59 @@ def _run_annotate(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="fit the temperature of a bilstm_crf component's entity probabilities",
+        description=(
+            "Fit the temperature that makes the entity probabilities of the bilstm_crf "
+            "component of MODEL match how often its entities are right on DEV, print the "
+            "expected calibration error (ECE) before and after on DEV, and write the pipeline "
+            "with that temperature to OUTPUT. Entities do not change, only their probabilities."
+        ),
+    )
+    parser.add_argument("model", help="a pipeline folder or an installed pipeline package")
+    parser.add_argument("dev", help="held-out gold data, a .spacy file (not the training data)")
+    parser.add_argument("output", help="the folder to write the calibrated pipeline to")
+    parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    try:
+        nlp = spacy.load(args.model)
+    except (OSError, ValueError) as error:
+        raise CalibrationError(f"Cannot load the pipeline {args.model!r}: {error}") from None
+    pipe = bilstm_crf_component(nlp, args.component)
+    examples = read_examples(nlp, args.dev)
+    before = entity_outcomes(nlp, examples, args.component)
+    if not len(before.probs):
+        raise CalibrationError(
+            f"The component {args.component!r} predicts no entities on {args.dev!r}: "
+            "there is nothing to calibrate."
+        )
+    old = pipe.cfg["temperature"]
+    temperature = fit_temperature(nlp, examples, args.component)
+    after = entity_outcomes(nlp, examples, args.component)
+    ece_before = expected_calibration_error(before.probs, before.correct)
+    ece_after = expected_calibration_error(after.probs, after.correct)
+    print(f"entities predicted on dev: {len(before.probs):,} ({before.correct.mean():.1%} right)")
+    print(f"temperature: {old:.3f} -> {temperature:.3f}")
+    print(f"ECE on dev: {ece_before:.4f} -> {ece_after:.4f} (the fit's own data)")
+    nlp.to_disk(args.output)
+    print(f"wrote {args.output}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the command; a bad setting is one line, exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m spacy_bilstm_crf")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_annotate(commands)
+    _add_calibrate(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except AnnotateError as error:
+    except (AnnotateError, CalibrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,401 @@
+"""How far the `bilstm_crf` entity probabilities are from what they claim, and a fix (issue #16).
+
+Metrics on arrays first (reliability bins, expected calibration error, Brier score, log loss),
+then functions that run a pipeline on gold `Example`s: the outcomes of its predicted entities,
+the temperature that makes them honest (`fit_temperature`), precision and recall when only
+entities of a given probability are kept, and the F1 an oracle gets from the n best analyses.
+
+An entity is correct exactly when spaCy's NER scorer (`spacy.scorer.get_ner_prf`) would count
+it as a true positive: its tokens, aligned to the gold tokens, give the gold entity's
+boundaries and label. Entities over gold tokens without entity annotation are neither right nor
+wrong there, so they are left out here too. The accuracy of the entities at threshold 0 is thus
+the precision that `nlp.evaluate` reports.
+"""
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy
+from spacy.attrs import SENT_START
+from spacy.language import Language
+from spacy.scorer import PRFScore, get_ner_prf
+from spacy.tokens import Doc, Span
+from spacy.training import Corpus, Example
+
+from .pipe import BiLSTMCRFTagger
+
+# Probabilities are clipped this far from 0 and 1 in the log loss (float32 CRF scores round
+# a probability near 1 to exactly 1).
+LOG_LOSS_EPS = 1e-7
+# The component computes entity probabilities in float32 as exp(log Z' - log Z) of two large
+# log partitions, so on long docs and at low temperatures they can exceed 1 by rounding
+# (1 + 2**-10 seen at T = 0.25): values up to this far above 1 are read as 1.
+ROUNDING_SLACK = 1e-2
+
+
+class CalibrationError(ValueError):
+    """A pipeline, component or data set that calibration cannot work with."""
+
+
+class Outcomes(NamedTuple):
+    """Predicted entities, each shape `(E,)`: probability, whether correct, and label."""
+
+    probs: numpy.ndarray
+    correct: numpy.ndarray
+    labels: numpy.ndarray
+
+
+class Reliability(NamedTuple):
+    """Equal-width bins over [0, 1]: `edges` `(bins + 1,)`; per bin `(bins,)` the entity
+    count, mean probability and accuracy (NaN in empty bins)."""
+
+    edges: numpy.ndarray
+    counts: numpy.ndarray
+    confidence: numpy.ndarray
+    accuracy: numpy.ndarray
+
+
+class ThresholdScores(NamedTuple):
+    """Corpus scores of the entities whose probability reaches `threshold`, and their count."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    entities: int
+
+
+def reliability(probs: Sequence[float], correct: Sequence[bool], bins: int = 15) -> Reliability:
+    """Bin `probs` into `bins` equal-width bins: bin `i` holds `edges[i] <= p < edges[i + 1]`,
+    and the last bin also holds 1.0."""
+    probs, correct = _check_outcomes(probs, correct)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a whole number >= 1, got {bins!r}.")
+    edges = numpy.linspace(0.0, 1.0, bins + 1)
+    index = numpy.searchsorted(edges[1:-1], probs, side="right")  # shape: (E,)
+    counts = numpy.bincount(index, minlength=bins)
+    with numpy.errstate(invalid="ignore", divide="ignore"):
+        confidence = numpy.bincount(index, probs, bins) / counts
+        accuracy = numpy.bincount(index, correct.astype(float), bins) / counts
+    return Reliability(edges, counts, confidence, accuracy)
+
+
+def expected_calibration_error(
+    probs: Sequence[float], correct: Sequence[bool], bins: int = 15
+) -> float:
+    """Sum over the `reliability` bins of `count / total * |accuracy - confidence|` (Guo et
+    al., 2017); 1.0 falls in the last bin."""
+    table = reliability(probs, correct, bins)
+    filled = table.counts > 0
+    weights = table.counts[filled] / table.counts.sum()
+    return float(numpy.sum(weights * numpy.abs(table.accuracy - table.confidence)[filled]))
+
+
+def brier_score(probs: Sequence[float], correct: Sequence[bool]) -> float:
+    """Mean squared difference between each probability and its outcome (1 or 0)."""
+    probs, correct = _check_outcomes(probs, correct)
+    return float(numpy.mean((probs - correct) ** 2))
+
+
+def log_loss(probs: Sequence[float], correct: Sequence[bool]) -> float:
+    """Mean negative log-likelihood of the outcomes, probabilities clipped by `LOG_LOSS_EPS`."""
+    probs, correct = _check_outcomes(probs, correct)
+    probs = numpy.clip(probs, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
+    return float(-numpy.mean(numpy.where(correct, numpy.log(probs), numpy.log1p(-probs))))
+
+
+def per_label(
+    outcomes: Outcomes, metric: Callable[[numpy.ndarray, numpy.ndarray], float]
+) -> dict[str, float]:
+    """`metric(probs, correct)` over the entities of each label, labels sorted."""
+    scores = {}
+    for label in sorted(set(outcomes.labels.tolist())):
+        chosen = outcomes.labels == label
+        scores[label] = metric(outcomes.probs[chosen], outcomes.correct[chosen])
+    return scores
+
+
+def bilstm_crf_component(nlp: Language, component: str) -> BiLSTMCRFTagger:
+    """The enabled `bilstm_crf` component `component` of `nlp`, or an error that names the
+    ones there are."""
+    ours = [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory == "bilstm_crf"]
+    if component not in nlp.component_names:
+        raise CalibrationError(
+            f"The pipeline has no component {component!r}; its bilstm_crf components: "
+            f"{ours or 'none'} (choose one with --component)."
+        )
+    if component not in nlp.pipe_names:
+        raise CalibrationError(f"The component {component!r} is disabled: enable it first.")
+    pipe = nlp.get_pipe(component)
+    if not isinstance(pipe, BiLSTMCRFTagger):
+        raise CalibrationError(
+            f"The component {component!r} is a {type(pipe).__name__}, not a bilstm_crf "
+            f"component; the pipeline's bilstm_crf components: {ours or 'none'}."
+        )
+    return pipe
+
+
+def read_examples(nlp: Language, path: str | Path) -> list[Example]:
+    """The gold examples of a `.spacy` file, tokenized by `nlp`; an error if the file is
+    missing or unreadable or has no gold entities."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"No such file: {str(path)!r} (a .spacy file from spacy convert).")
+    if path.suffix != ".spacy":
+        raise CalibrationError(
+            f"{str(path)!r} is not a .spacy file (convert it with spacy convert)."
+        )
+    try:
+        examples = list(Corpus(path)(nlp))
+    except Exception as error:
+        raise CalibrationError(f"Cannot read {str(path)!r} as a .spacy file: {error}") from None
+    if not any(eg.reference.ents for eg in examples):
+        raise CalibrationError(
+            f"{str(path)!r} has no gold entities ({len(examples)} docs): calibration needs "
+            "annotated data."
+        )
+    return examples
+
+
+def entity_outcomes(nlp: Language, examples: Iterable[Example], component: str = "ner") -> Outcomes:
+    """Probability, correctness and label of every entity in the component's confidence
+    group, running `nlp` on the examples' texts with `confidence` on for the call. The group
+    includes entities that an earlier component's entities kept out of `doc.ents`."""
+    examples = list(examples)
+    return _outcomes(nlp, examples, _tokenize(nlp, examples), component)
+
+
+def fit_temperature(
+    nlp: Language,
+    examples: Iterable[Example],
+    component: str = "ner",
+    *,
+    bounds: tuple[float, float] = (0.25, 8.0),
+) -> float:
+    """The temperature in `bounds` that minimises the log loss of the entities' correctness
+    given their probabilities on `examples` (held-out data), within 1%.
+
+    Each candidate is set as the component's `cfg["temperature"]` and the pipeline re-run:
+    a grid with a factor 2 between points, then a golden-section search on log T around its
+    best point. The best temperature is left set on the component. Entities do not depend on
+    the temperature, only their probabilities do. A bound comes back when the optimum lies
+    beyond it (e.g. every entity correct: sharper is always better).
+    """
+    pipe = bilstm_crf_component(nlp, component)
+    low, high = bounds
+    if not 0 < low < high:
+        raise ValueError(f"bounds must be 0 < low < high, got {bounds}.")
+    examples = list(examples)
+    docs = _tokenize(nlp, examples)
+    losses: dict[float, float] = {}
+
+    def loss(log_t: float) -> float:
+        if log_t not in losses:
+            with _settings(pipe, temperature=math.exp(log_t)):
+                outcomes = _outcomes(nlp, examples, docs, component)
+            if not len(outcomes.probs):
+                raise CalibrationError(
+                    f"The component {component!r} predicts no entities on these examples: "
+                    "there is nothing to fit the temperature to."
+                )
+            losses[log_t] = log_loss(outcomes.probs, outcomes.correct)
+        return losses[log_t]
+
+    grid = numpy.linspace(
+        math.log(low), math.log(high), max(3, math.ceil(math.log2(high / low)) + 1)
+    )
+    best = min(range(len(grid)), key=lambda i: loss(float(grid[i])))
+    a, b = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, len(grid) - 1)])
+    shrink = (math.sqrt(5) - 1) / 2
+    while b - a > math.log(1.01):
+        c, d = b - shrink * (b - a), a + shrink * (b - a)
+        if loss(c) <= loss(d):
+            b = d
+        else:
+            a = c
+    temperature = math.exp(min(losses, key=lambda log_t: (losses[log_t], abs(log_t))))
+    pipe.cfg["temperature"] = temperature
+    return temperature
+
+
+def precision_recall_at(
+    nlp: Language, examples: Iterable[Example], thresholds: Sequence[float], component: str = "ner"
+) -> list[ThresholdScores]:
+    """For each threshold, spaCy's corpus precision, recall and F1 of the component's entities
+    whose probability reaches it: what the component's `threshold` setting gives when it is
+    the pipeline's only entity source. One run of `nlp`, with `confidence` on for it."""
+    examples = list(examples)
+    pipe = bilstm_crf_component(nlp, component)
+    with _settings(pipe, confidence=True, nbest=0):
+        predicted = _predict(nlp, examples, _tokenize(nlp, examples))
+    key = pipe.cfg["spans_key"]
+    groups = [
+        (list(eg.predicted.spans[key]), eg.predicted.spans[key].attrs["scores"]) for eg in predicted
+    ]
+    results = []
+    for threshold in thresholds:
+        # The docs are this call's own: their entities are rewritten for each threshold, and
+        # each example keeps its alignment.
+        for eg, (spans, probs) in zip(predicted, groups):
+            kept = [span for span, prob in zip(spans, probs) if prob >= threshold]
+            eg.predicted.set_ents(kept, default="outside")
+        scores = get_ner_prf(predicted)
+        values = [scores[f"ents_{name}"] for name in "prf"]
+        count = sum(len(eg.predicted.ents) for eg in predicted)
+        results.append(
+            ThresholdScores(
+                float(threshold), *(math.nan if v is None else v for v in values), count
+            )
+        )
+    return results
+
+
+def oracle_f1(
+    nlp: Language, examples: Iterable[Example], ks: Sequence[int], component: str = "ner"
+) -> dict[int, PRFScore]:
+    """For each k, corpus counts and F1 when each SENTENCE takes the best of the component's
+    first k analyses of its doc (with `nbest = max(ks)` for the call).
+
+    The unit is the gold sentence (the whole doc when the gold has no sentences), as NCRF++
+    reports its oracle: per doc, the k best analyses mostly differ in one place each, so a
+    choice per doc would show little of what they hold. Best means fewest errors (false
+    positives plus false negatives) among the entities that start in the sentence, the earlier
+    rank on a tie. An entity is counted as spaCy's scorer counts it; only the component's own
+    analyses are scored, so k=1 is the pipeline's `ents_f` when the component is its only
+    entity source and keeps every entity (threshold 0).
+    """
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be whole numbers >= 1, got {ks}.")
+    examples = list(examples)
+    pipe = bilstm_crf_component(nlp, component)
+    with _settings(pipe, nbest=max(ks)):
+        predicted = _predict(nlp, examples, _tokenize(nlp, examples))
+    key = pipe.cfg["spans_key"]
+    scores = {k: PRFScore() for k in ks}
+    for eg in predicted:
+        if not eg.reference.has_annotation("ENT_IOB"):
+            continue
+        sentences = _sentence_ids(eg.reference)
+        units = int(sentences.max()) + 1 if len(sentences) else 1
+        starts = numpy.asarray([ent.start for ent in eg.reference.ents], dtype="int64")
+        gold = numpy.bincount(sentences[starts], minlength=units)  # shape: (units,)
+        counts = []  # per rank: (tp, fp) per unit, shape (2, units)
+        for rank in range(1, max(ks) + 1):
+            group = eg.predicted.spans.get(f"{key}_nbest_{rank}")
+            if group is None:
+                break
+            counted, correct, unit = _judge(eg, list(group))
+            tp = numpy.bincount(unit[counted & correct], minlength=units)
+            fp = numpy.bincount(unit[counted & ~correct], minlength=units)
+            counts.append(numpy.stack([tp, fp]))
+        table = numpy.stack(counts)  # shape: (ranks, 2, units)
+        errors = table[:, 1] + gold - table[:, 0]  # shape: (ranks, units)
+        for k in ks:
+            best = errors[:k].argmin(0)  # shape: (units,), the first minimum
+            chosen = table[best, :, numpy.arange(units)]  # shape: (units, 2)
+            tp, fp = chosen.sum(0)
+            scores[k] += PRFScore(tp=int(tp), fp=int(fp), fn=int(gold.sum() - tp))
+    return scores
+
+
+def _outcomes(nlp: Language, examples: list[Example], docs: list[Doc], component: str) -> Outcomes:
+    """`entity_outcomes` on docs already tokenized from the examples' texts."""
+    pipe = bilstm_crf_component(nlp, component)
+    with _settings(pipe, confidence=True, nbest=0):
+        predicted = _predict(nlp, examples, docs)
+    key = pipe.cfg["spans_key"]
+    probs, correct, labels = [], [], []
+    for eg in predicted:
+        group = eg.predicted.spans[key]
+        counted, right, _ = _judge(eg, list(group))
+        scores = numpy.asarray(group.attrs["scores"], dtype="float64")
+        scores[(scores > 1.0) & (scores <= 1.0 + ROUNDING_SLACK)] = 1.0
+        probs.append(scores[counted])
+        correct.append(right[counted])
+        labels.extend(span.label_ for span, ok in zip(group, counted) if ok)
+    return Outcomes(
+        numpy.concatenate([numpy.zeros(0), *probs]),
+        numpy.concatenate([numpy.zeros(0, dtype=bool), *correct]),
+        numpy.asarray(labels, dtype=str),
+    )
+
+
+def _judge(example: Example, spans: list[Span]) -> tuple[numpy.ndarray, ...]:
+    """Per span of `example.predicted`, as `get_ner_prf` judges it: whether it is counted (it
+    aligns to gold tokens that all have entity annotation), whether it is a true positive (a
+    gold entity matches it, each gold entity once), and the gold sentence it starts in."""
+    counted = numpy.zeros(len(spans), dtype=bool)
+    correct = numpy.zeros(len(spans), dtype=bool)
+    units = numpy.zeros(len(spans), dtype="int64")
+    reference = example.reference
+    if not reference.has_annotation("ENT_IOB"):
+        return counted, correct, units
+    golds = {(ent.label_, ent.start, ent.end) for ent in reference.ents}
+    sentences = _sentence_ids(reference)
+    x2y = example.alignment.x2y
+    for i, span in enumerate(spans):
+        indices = x2y[span.start : span.end]
+        if not len(indices):
+            continue
+        start, end = int(indices[0]), int(indices[-1]) + 1
+        if all(token.ent_iob != 0 for token in reference[start:end]):
+            counted[i], units[i] = True, sentences[start]
+            key = (span.label_, start, end)
+            if key in golds:
+                correct[i] = True
+                golds.remove(key)
+    return counted, correct, units
+
+
+def _sentence_ids(doc: Doc) -> numpy.ndarray:
+    """The sentence of each token of `doc`, 0 for all when it has no sentence starts."""
+    if not doc.has_annotation("SENT_START"):
+        return numpy.zeros(len(doc), dtype="int64")
+    starts = doc.to_array(SENT_START) == 1
+    return numpy.maximum(numpy.cumsum(starts) - 1, 0)
+
+
+def _tokenize(nlp: Language, examples: list[Example]) -> list[Doc]:
+    """The examples' texts as `nlp` tokenizes them, to run the pipeline on copies."""
+    return [nlp.make_doc(eg.reference.text) for eg in examples]
+
+
+def _predict(nlp: Language, examples: list[Example], docs: list[Doc]) -> list[Example]:
+    """Run `nlp` on copies of `docs`, paired with the examples' gold docs."""
+    outputs = nlp.pipe(doc.copy() for doc in docs)
+    return [Example(doc, eg.reference) for doc, eg in zip(outputs, examples)]
+
+
+@contextmanager
+def _settings(pipe: BiLSTMCRFTagger, **values: Any) -> Iterator[None]:
+    """Set cfg entries of `pipe` inside the block and restore them after."""
+    saved = {key: pipe.cfg[key] for key in values}
+    pipe.cfg.update(values)
+    try:
+        yield
+    finally:
+        pipe.cfg.update(saved)
+
+
+def _check_outcomes(
+    probs: Sequence[float], correct: Sequence[bool]
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Probabilities as float64 and outcomes as bool, both `(E,)`, or a clear error."""
+    probs = numpy.asarray(probs, dtype="float64")
+    correct_array = numpy.asarray(correct)
+    if probs.ndim != 1 or correct_array.shape != probs.shape:
+        raise ValueError(
+            f"probs and correct must be 1-D and of one length, got shapes {probs.shape} "
+            f"and {correct_array.shape}."
+        )
+    if not len(probs):
+        raise ValueError("No predictions to score: probs and correct are empty.")
+    if not numpy.all((probs >= 0) & (probs <= 1)):
+        raise ValueError("probs must lie in [0, 1] (NaN is not a probability).")
+    if correct_array.dtype != bool and not numpy.isin(correct_array, (0, 1)).all():
+        raise ValueError("correct must hold booleans (or 0 and 1).")
+    return probs, correct_array.astype(bool)
