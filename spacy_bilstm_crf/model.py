@@ -312,7 +312,8 @@ def crf_span_probs(
     crf = _crf(model, temperature)
     segments = [emissions[segment] for segment, *_ in spans]
     scores, mask = _pad(model, segments, crf)
-    scores = scores / temperature
+    # float64: a probability is the ratio of two large partitions, which float32 rounds.
+    scores = scores.double() / temperature
     allowed = torch.ones_like(scores, dtype=torch.bool)
     for row, (_, start, end, tag_ids) in enumerate(spans):
         allowed[row, start:end] = False
@@ -334,7 +335,7 @@ def tagger_nbest(
         return []
     crf = _crf(model, temperature)
     scores, mask = _pad(model, emissions, crf)
-    scores = scores / temperature
+    scores = scores.double() / temperature  # float64, as in crf_span_probs
     with torch.no_grad():
         paths, path_scores = crf.nbest(scores, mask, k=k)
         log_z = crf.log_partition(scores, mask)

@@ -246,7 +246,7 @@ def test_smoke_package_installs_offline(fresh: Path, tmp_path: Path) -> None:
     offline = ["-m", "pip", "install", "--no-index", "--no-build-isolation", "--dry-run"]
     result = run(*offline, plugin, archive, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Would install" in result.stdout and "en-bilstm-crf-wnut17-sample" in result.stdout
+    assert "Would install en_bilstm_crf_wnut17_sample-0.0.0" in result.stdout
     target = tmp_path / "site"
     install = ["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     result = run(*install, "--target", target, archive, cwd=tmp_path, timeout=300)

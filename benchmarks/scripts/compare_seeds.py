@@ -108,6 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{speed['words_per_second']:,} words/s, {seconds / 60:.1f} min",
                 flush=True,
             )
+    configs = dict(args.system)
+    inputs = {
+        name: f"`{configs[name].name}`, "
+        + (
+            f"`{overrides[name]['paths.vectors']}`"
+            if "paths.vectors" in overrides[name]
+            else "none"
+        )
+        for name in names
+    }
     labels = sorted(
         {label for runs in results.values() for r in runs for label in r["test"].per_type}
     )
@@ -118,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             " | ".join(
                 [
                     f"| {name}",
+                    inputs[name],
                     mean_sd([r["dev"].f for r in runs]),
                     mean_sd([r["test"].f for r in runs]),
                     *per_type,
@@ -129,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     date = datetime.now(timezone.utc).date().isoformat()
-    header = ["system", "dev F1", "test F1", *(f"test {label}" for label in labels)]
+    header = ["system", "config, vectors", "dev F1", "test F1"]
+    header += [f"test {label}" for label in labels]
     header += ["words/s", "peak RSS", "training"]
     lines = [
         f"## {args.title or args.corpus.name}",
