@@ -442,12 +442,6 @@ def test_nbest_are_the_most_probable_paths(
         assert sum(group.attrs["probability"] for group in groups) == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.tagger_nbest computes log P = path score - log Z in float32: on a 240-token "
-    "doc at T=0.05 log Z is in the tens of thousands and the best path's probability comes "
-    "out 0.996 where float64 gives 1.000",
-)
 def test_nbest_probability_is_exact_on_a_long_doc(trained: Language, ner) -> None:
     ner.cfg.update(nbest=2, overwrite=True, temperature=0.05)
     doc = trained(Doc(trained.vocab, words=["Shaka", "Khan", "lives", "in", "Berlin", "."] * 40))
@@ -463,12 +457,6 @@ def test_nbest_probability_is_exact_on_a_long_doc(trained: Language, ner) -> Non
     assert best.attrs["probability"] == pytest.approx(exact, rel=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.crf_span_probs computes exp(log Z' - log Z) of two large log partitions in "
-    "float32: on a 510-token doc the entity probabilities are off by about 1e-4 (T=0.5; on "
-    "CoNLL-2003 dev at T=0.25 they even exceed 1)",
-)
 def test_entity_probabilities_are_exact_on_a_long_doc(trained: Language, ner) -> None:
     temperature = 0.5
     ner.cfg.update(confidence=True, temperature=temperature)
