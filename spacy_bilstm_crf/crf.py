@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .nbest import kbest_viterbi
+from .span_probs import span_log_probs
 from .tags import Constraints
 
 BoolMatrix = Tensor | Sequence[Sequence[bool]]
@@ -193,6 +194,33 @@ class CRF(nn.Module):
         probs = torch.exp(rows - log_z.unsqueeze(1))  # shape: (B, k)
         probs = probs / probs.sum(1, keepdim=True).clamp(min=1.0)  # shape: (B, k)
         return probs.reshape(scores.shape)
+
+    @torch.no_grad()
+    def span_probs(
+        self,
+        emissions: Tensor,
+        mask: Tensor | None,
+        rows: Tensor,
+        starts: Tensor,
+        tags: Tensor,
+        after: Tensor | None = None,
+    ) -> Tensor:
+        """The probability `(E,)` that span `e` has exactly its tags: sequence `rows[e]`,
+        tokens from `starts[e]` on tagged `tags[e]` (`(E, L)` long, padded with -1), and, when
+        `after[e]` is a tag id, the token after the span not tagged `after[e]` (the tag that
+        would continue an entity). One forward-backward pass for all spans (`span_probs.py`)."""
+        mask = self._check(emissions, mask)
+        if after is None:
+            after = torch.full_like(rows, -1)
+        if not (rows.shape == starts.shape == after.shape == tags.shape[:1]):
+            raise ValueError("rows, starts and after must have one entry per row of tags.")
+        lengths = (tags >= 0).sum(1)
+        if bool((starts < 0).any() | (starts + lengths > mask.sum(1)[rows]).any()):
+            raise ValueError("every span must lie inside its sequence.")
+        log_probs = span_log_probs(
+            emissions, mask, *self._scores(emissions.dtype), rows, starts, tags, after
+        )
+        return log_probs.exp()
 
     @torch.no_grad()
     def scaled(self, temperature: float) -> "CRF":

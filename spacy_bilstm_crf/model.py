@@ -297,33 +297,35 @@ def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[numpy.n
 def crf_span_probs(
     model: Model,
     emissions: list[Floats2d],
-    spans: Sequence[tuple[int, int, int, Sequence[int]]],
+    rows: numpy.ndarray,
+    starts: numpy.ndarray,
+    tags: numpy.ndarray,
+    after: numpy.ndarray,
     temperature: float = 1.0,
-) -> list[float]:
+) -> numpy.ndarray:
     """The CRF probability that each span is exactly what was predicted.
 
-    A span is `(segment, start, end, tag_ids)`: tokens `start..end-1` of one segment have
-    `tag_ids[:-1]` and the token after them, if any, is not `tag_ids[-1]` (which would continue
-    the entity). The probability sums over every such path: one batched constrained forward
-    pass for all spans. Scores are divided by `temperature` first (calibration).
+    Span `e` is in segment `rows[e]` from token `starts[e]`, with the tag ids `tags[e]` (`(E,
+    L)`, padded with -1), and the token after it, if any, is not `after[e]` (which would
+    continue the entity). The probability sums over every such path: one forward-backward
+    pass over the segments for all spans, in float64 (a probability near 1 is a ratio of two
+    large sums). Scores are divided by `temperature` first (calibration).
     """
-    if not spans:
-        return []
+    if not len(rows):
+        return numpy.zeros(0, dtype="float64")
     crf = _crf(model, temperature)
-    segments = [emissions[segment] for segment, *_ in spans]
-    scores, mask = _pad(model, segments, crf)
-    # float64: a probability is the ratio of two large partitions, which float32 rounds.
+    scores, mask = _pad(model, emissions, crf)
     scores = scores.double() / temperature
-    allowed = torch.ones_like(scores, dtype=torch.bool)
-    for row, (_, start, end, tag_ids) in enumerate(spans):
-        allowed[row, start:end] = False
-        allowed[row, torch.arange(start, end), torch.as_tensor(tag_ids[:-1])] = True
-        if end < mask.shape[1]:
-            allowed[row, end, tag_ids[-1]] = False
-    unknown = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
-    with torch.no_grad():
-        nll = crf.nll(scores, unknown, mask, allowed.to(mask.device), infeasible="inf")
-    return torch.exp(-nll).tolist()
+    device = mask.device
+    probs = crf.span_probs(
+        scores,
+        mask,
+        torch.as_tensor(rows, device=device),
+        torch.as_tensor(starts, device=device),
+        torch.as_tensor(tags, device=device),
+        torch.as_tensor(after, device=device),
+    )
+    return probs.cpu().numpy()
 
 
 def tagger_nbest(

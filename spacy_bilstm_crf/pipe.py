@@ -221,7 +221,9 @@ class BiLSTMCRFTagger(TrainablePipe):
                 Span(doc, int(start), int(end), label=labels[label])
                 for start, end, label in zip(*entities)
             ]
-            probs = predictions.probs[i][kept] if predictions.probs is not None else None
+            probs = None
+            if predictions.probs is not None:  # as stored, so that a threshold sees the same
+                probs = predictions.probs[i][kept].astype("float32")
             chosen = spans
             if threshold > 0 and probs is not None:
                 chosen = [span for span, prob in zip(spans, probs) if prob >= threshold]
@@ -421,23 +423,21 @@ class BiLSTMCRFTagger(TrainablePipe):
     ) -> list[numpy.ndarray]:
         """Per doc, the CRF probability of each predicted entity, in the order the entities
         are read from the tags (before whitespace trimming)."""
-        scheme, width = self.cfg["scheme"], 2 if self.cfg["scheme"] == "BIO" else 4
-        spans, owners = [], []
-        segment = 0
-        for doc_index, lengths in enumerate(segments):
-            for _ in lengths:
-                for start, end, label in zip(*read_entities(paths[segment], scheme)):
-                    spans.append(
-                        (segment, int(start), int(end), _span_tags(label, end - start, width))
-                    )
-                    owners.append(doc_index)
-                segment += 1
+        scheme = self.cfg["scheme"]
+        found = [read_entities(path, scheme) for path in paths]
+        counts = [len(entities.starts) for entities in found]
+        empty = numpy.zeros(0, dtype="int64")
+        rows = numpy.repeat(numpy.arange(len(paths)), counts)
+        starts = numpy.concatenate([empty, *(entities.starts for entities in found)])
+        ends = numpy.concatenate([empty, *(entities.ends for entities in found)])
+        labels = numpy.concatenate([empty, *(entities.labels for entities in found)])
+        tags, after = _span_tags(labels, ends - starts, scheme)
         probs = bilstm_crf_model.crf_span_probs(
-            self.model, emissions, spans, self.cfg["temperature"]
+            self.model, emissions, rows, starts, tags, after, self.cfg["temperature"]
         )
-        probs = numpy.asarray(probs, dtype="float64")
-        owners_array = numpy.asarray(owners, dtype="int64")
-        return [probs[owners_array == i] for i in range(len(segments))]
+        docs_of_rows = numpy.repeat(numpy.arange(len(segments)), [len(s) for s in segments])
+        owners = docs_of_rows[rows]
+        return [probs[owners == i] for i in range(len(segments))]
 
 
 def _best_combinations(
@@ -457,14 +457,18 @@ def _best_combinations(
     return [(numpy.concatenate([empty, *paths]), score) for paths, score in best]
 
 
-def _span_tags(label: int, length: int, width: int) -> list[int]:
-    """Tag ids of an entity of `length` tokens with label index `label`, then the id that would
-    continue it (BIO: B I...; BILUO: U alone, or B I... L)."""
-    base = 1 + label * width
-    begin, inside = base, base + 1
-    if width == 2:
-        return [begin] + [inside] * (length - 1) + [inside]
-    last, unit = base + 2, base + 3
-    if length == 1:
-        return [unit, inside]
-    return [begin] + [inside] * (length - 2) + [last, inside]
+def _span_tags(
+    labels: numpy.ndarray, lengths: numpy.ndarray, scheme: str
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Tag ids `(E, L)` of entities with these label indices and lengths (padded with -1),
+    and the id that would continue each (BIO: B I...; BILUO: U alone, or B I... L)."""
+    width = 2 if scheme == "BIO" else 4
+    base = (1 + labels * width)[:, None]  # shape: (E, 1)
+    position = numpy.arange(max(int(lengths.max(initial=0)), 1))[None, :]  # shape: (1, L)
+    size = lengths[:, None]
+    prefix = numpy.where(position == 0, 0, 1)  # B, then I
+    if width == 4:
+        prefix = numpy.where((position == size - 1) & (size > 1), 2, prefix)  # L
+        prefix = numpy.where(size == 1, 3, prefix)  # U
+    tags = numpy.where(position < size, base + prefix, -1)
+    return tags, base[:, 0] + 1

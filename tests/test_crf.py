@@ -726,3 +726,59 @@ def test_infeasible_inf_opt_in_gives_inf_and_zero_gradient() -> None:
         crf.nll(emissions, gold)
     with pytest.raises(ValueError, match="infeasible must be one of"):
         crf.nll(emissions, gold, infeasible="ignore")
+
+
+def _brute_span_prob(crf, emissions, length, start, tags, after):
+    """Sum of path probabilities over every allowed path of one row with the span's tags."""
+    num_tags = emissions.shape[-1]
+    log_z = crf.log_partition(emissions[:, :length]).item()
+    total = 0.0
+    for path in itertools.product(range(num_tags), repeat=length):
+        if list(path[start : start + len(tags)]) != list(tags):
+            continue
+        end = start + len(tags)
+        if after >= 0 and end < length and path[end] == after:
+            continue
+        score = crf.score(emissions[:, :length], torch.tensor([path])).item()
+        if score > float("-inf"):
+            total += math.exp(score - log_z)
+    return total
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BILUO"])
+def test_span_probs_equal_brute_force(scheme: str) -> None:
+    torch.manual_seed(3)
+    tags = tag_names(["A", "B"], scheme)
+    crf = CRF(len(tags), allowed_transitions(tags, scheme)).double()
+    with torch.no_grad():
+        for param in crf.parameters():
+            param.normal_()
+    lengths = [4, 2, 3]
+    emissions = torch.randn(3, 4, len(tags), dtype=torch.float64) * 2
+    mask = torch.arange(4) < torch.tensor(lengths).unsqueeze(1)
+    begin, inside = tags.index("B-A"), tags.index("I-A")
+    if scheme == "BIO":
+        cases = [(0, 1, [begin, inside], inside), (1, 0, [begin], inside), (2, 2, [begin], inside)]
+        cases.append((0, 0, [0], -1))  # a single O, no condition after it
+    else:
+        unit, last = tags.index("U-A"), tags.index("L-A")
+        cases = [(0, 1, [begin, inside, last], -1), (1, 1, [unit], -1), (2, 0, [begin, last], -1)]
+    rows = torch.tensor([row for row, *_ in cases])
+    starts = torch.tensor([start for _, start, *_ in cases])
+    width = max(len(span) for _, _, span, _ in cases)
+    padded = torch.tensor([span + [-1] * (width - len(span)) for _, _, span, _ in cases])
+    after = torch.tensor([a for *_, a in cases])
+    got = crf.span_probs(emissions, mask, rows, starts, padded, after)
+    for value, (row, start, span, excluded) in zip(got.tolist(), cases):
+        want = _brute_span_prob(crf, emissions[row : row + 1], lengths[row], start, span, excluded)
+        assert value == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_span_probs_reject_spans_outside_their_sequence() -> None:
+    crf = CRF(3)
+    emissions = torch.randn(1, 3, 3)
+    mask = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="inside its sequence"):
+        crf.span_probs(
+            emissions, mask, torch.tensor([0]), torch.tensor([1]), torch.tensor([[1, 2]])
+        )
