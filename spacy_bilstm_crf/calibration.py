@@ -254,10 +254,16 @@ def precision_recall_at(
 
 
 def oracle_f1(
-    nlp: Language, examples: Iterable[Example], ks: Sequence[int], component: str = "ner"
+    nlp: Language,
+    examples: Iterable[Example],
+    ks: Sequence[int],
+    component: str = "ner",
+    unit: str = "doc",
 ) -> dict[int, PRFScore]:
     """For each k, corpus counts and F1 when each SENTENCE takes the best of the component's
-    first k analyses of its doc (with `nbest = max(ks)` for the call).
+    first k analyses (with `nbest = max(ks)` and `nbest_unit = unit` for the call): of its
+    doc (`unit` "doc"), or of the sentence itself (`unit` "sentence", the component's
+    analyses per sentence, the docs given the gold sentence boundaries).
 
     The unit is the gold sentence (the whole doc when the gold has no sentences), as NCRF++
     reports its oracle: per doc, the k best analyses mostly differ in one place each, so a
@@ -272,8 +278,11 @@ def oracle_f1(
         raise ValueError(f"ks must be whole numbers >= 1, got {ks}.")
     examples = list(examples)
     pipe = bilstm_crf_component(nlp, component)
-    with _settings(pipe, nbest=max(ks)):
-        predicted = _predict(nlp, examples, _tokenize(nlp, examples))
+    docs = _tokenize(nlp, examples)
+    if unit == "sentence":
+        docs = [_with_gold_sentences(doc, eg) for doc, eg in zip(docs, examples)]
+    with _settings(pipe, nbest=max(ks), nbest_unit=unit):
+        predicted = _predict(nlp, examples, docs)
     key = pipe.cfg["spans_key"]
     scores = {k: PRFScore() for k in ks}
     for eg in predicted:
@@ -362,6 +371,24 @@ def _sentence_ids(doc: Doc) -> numpy.ndarray:
 def _tokenize(nlp: Language, examples: list[Example]) -> list[Doc]:
     """The examples' texts as `nlp` tokenizes them, to run the pipeline on copies."""
     return [nlp.make_doc(eg.reference.text) for eg in examples]
+
+
+def _with_gold_sentences(doc: Doc, example: Example) -> Doc:
+    """`doc` with the sentence starts of the example's reference, through the alignment: a
+    token starts a sentence when it is the first one aligned to a gold sentence start."""
+    if not example.reference.has_annotation("SENT_START"):
+        return doc
+    starts = [False] * len(doc)
+    aligned = Example(doc, example.reference).alignment.y2x
+    for sentence in example.reference.sents:
+        tokens = aligned[sentence.start]
+        if len(tokens):
+            starts[int(tokens[0])] = True
+    if starts:
+        starts[0] = True
+    words = [token.text for token in doc]
+    spaces = [bool(token.whitespace_) for token in doc]
+    return Doc(doc.vocab, words=words, spaces=spaces, sent_starts=starts)
 
 
 def _predict(nlp: Language, examples: list[Example], docs: list[Doc]) -> list[Example]:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .nbest import kbest_viterbi
-from .span_probs import span_log_probs
+from .span_probs import piece_nbest, span_log_probs
 from .tags import Constraints
 
 BoolMatrix = Tensor | Sequence[Sequence[bool]]
@@ -221,6 +221,27 @@ class CRF(nn.Module):
             emissions, mask, *self._scores(emissions.dtype), rows, starts, tags, after
         )
         return log_probs.exp()
+
+    @torch.no_grad()
+    def piece_nbest(
+        self,
+        emissions: Tensor,
+        mask: Tensor | None,
+        rows: Tensor,
+        starts: Tensor,
+        ends: Tensor,
+        k: int,
+    ) -> tuple[Tensor, Tensor]:
+        """The `k` most probable labellings of pieces of sequences (such as the sentences of a
+        document) and their log probabilities under each whole sequence's CRF, best first:
+        paths `(P, k, L)` padded with -1, log probabilities `(P, k)`, `-inf` where a piece has
+        fewer than `k`. Piece `p` is tokens `starts[p]..ends[p]-1` of sequence `rows[p]`."""
+        mask = self._check(emissions, mask)
+        if k < 1:
+            raise ValueError(f"piece_nbest needs k >= 1, got k={k}.")
+        if bool((starts < 0).any() | (ends <= starts).any() | (ends > mask.sum(1)[rows]).any()):
+            raise ValueError("every piece must be non-empty and lie inside its sequence.")
+        return piece_nbest(emissions, mask, *self._scores(emissions.dtype), rows, starts, ends, k)
 
     @torch.no_grad()
     def scaled(self, temperature: float) -> "CRF":

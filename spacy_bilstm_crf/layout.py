@@ -4,9 +4,10 @@ Sequences are sorted by length and grouped so that each bucket's padding stays a
 of its tokens; a bucket is a `(B_b, T_b)` grid of token indices. The reverse direction reads
 each sequence backwards from its last token, so its grid holds each row reversed. Padding
 always comes after a row's real tokens, so a recurrence never reads it before them: it may
-hold any token (index 0), and it changes neither the real states nor their gradients. `forward_rows` and `reverse_rows` say where each token's state
-lands when the buckets' outputs are concatenated, so that one `index_select` per direction
-brings them back to token order.
+hold any token (index 0), and it changes neither the real states nor their gradients.
+`forward_rows` and `reverse_rows` say where each token's state lands when the buckets'
+outputs are concatenated, so that one `index_select` per direction brings them back to token
+order.
 
 NumPy only: the indices are computed on the host and moved to torch once.
 """

@@ -353,6 +353,37 @@ def tagger_nbest(
     ]
 
 
+def tagger_piece_nbest(
+    model: Model,
+    emissions: list[Floats2d],
+    rows: numpy.ndarray,
+    starts: numpy.ndarray,
+    ends: numpy.ndarray,
+    k: int,
+    temperature: float = 1.0,
+) -> list[list[tuple[numpy.ndarray, float]]]:
+    """Per piece (tokens `starts[p]..ends[p]-1` of segment `rows[p]`, such as a sentence), its
+    `k` most probable labellings (fewer when it has fewer) with their log probabilities under
+    the segment's CRF, best first; scores divided by `temperature`, in float64."""
+    if not len(rows):
+        return []
+    crf = _crf(model, temperature)
+    scores, mask = _pad(model, emissions, crf)
+    scores = scores.double() / temperature
+    device = mask.device
+    as_long = [torch.as_tensor(array, device=device) for array in (rows, starts, ends)]
+    paths, log_probs = crf.piece_nbest(scores, mask, *as_long, k)
+    paths, log_probs = paths.cpu().numpy(), log_probs.cpu().numpy()
+    return [
+        [
+            (paths[p, j, : ends[p] - starts[p]], float(log_probs[p, j]))
+            for j in range(paths.shape[1])
+            if numpy.isfinite(log_probs[p, j])
+        ]
+        for p in range(len(rows))
+    ]
+
+
 def _crf(model: Model, temperature: float) -> CRF:
     """The model's CRF, or a copy with its scores divided by `temperature`."""
     crf = torch_module(model).crf

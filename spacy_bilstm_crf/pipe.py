@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy
 import srsly
 from spacy import util
+from spacy.attrs import IS_SPACE
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.scorer import get_ner_prf
@@ -22,7 +23,7 @@ from . import model as bilstm_crf_model
 from .gold import UnknownLabelError, gold_tag_ids
 from .parallel import default_threads
 from .segments import split_by
-from .spans import doc_entities, read_entities, set_entities
+from .spans import Entities, doc_entities, read_entities, set_entities, trim_spaces
 from .tags import SCHEMES, restart_tags, tag_names
 
 default_model_config = """
@@ -60,6 +61,7 @@ MODEL_SETTINGS = ("labels", "input_width", "scheme", "temperature")
         "spans_key": "bilstm_crf",
         "threshold": 0.0,
         "nbest": 0,
+        "nbest_unit": "doc",
         "scheme": "BILUO",
         "threads": 0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
@@ -75,6 +77,7 @@ def make_bilstm_crf(
     spans_key: str,
     threshold: float,
     nbest: int,
+    nbest_unit: str,
     scheme: str,
     threads: int,
     scorer: Callable | None,
@@ -87,7 +90,10 @@ def make_bilstm_crf(
     only entities whose probability reaches it (0 keeps all). `nbest`: also write the `nbest`
     most probable analyses of each doc as span groups `doc.spans[f"{spans_key}_nbest_{rank}"]`
     (rank 1 is the best), with the analysis's probability in `attrs["probability"]`
-    (0 turns them off). `scheme`: the tags the model
+    (0 turns them off); with `nbest_unit = "sentence"`, the `nbest` most probable analyses
+    of each sentence instead, rank by rank, their probabilities (under the whole doc's CRF)
+    in `attrs["probabilities"]`, aligned with the sentences' token offsets in
+    `attrs["pieces"]`. `scheme`: the tags the model
     predicts, "BILUO" (as spaCy's `ner`) or "BIO"; `doc.ents` are the same kind either way.
     `threads`: CPU threads for the component's torch work (0: up to 2, as the process may use).
     """
@@ -100,19 +106,29 @@ def make_bilstm_crf(
         spans_key=spans_key,
         threshold=threshold,
         nbest=nbest,
+        nbest_unit=nbest_unit,
         scheme=scheme,
         threads=threads,
         scorer=scorer,
     )
 
 
+class Piece(NamedTuple):
+    """Tokens `start..end-1` of a doc (all of it, or a sentence) and their best analyses: tag
+    ids and log probability, best first."""
+
+    start: int
+    end: int
+    analyses: list[tuple[numpy.ndarray, float]]
+
+
 class Predictions(NamedTuple):
     """What `predict` returns: tag ids per doc, entity probabilities and the n best analyses
-    (tag ids and log probability, best first) when asked for."""
+    of each doc's pieces when asked for."""
 
     tags: list[numpy.ndarray]
     probs: list[numpy.ndarray] | None
-    nbest: list[list[tuple[numpy.ndarray, float]]] | None = None
+    nbest: list[list[Piece]] | None = None
 
 
 class BiLSTMCRFTagger(TrainablePipe):
@@ -129,6 +145,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         spans_key: str = "bilstm_crf",
         threshold: float = 0.0,
         nbest: int = 0,
+        nbest_unit: str = "doc",
         scheme: str = "BILUO",
         threads: int = 0,
         scorer: Callable | None = get_ner_prf,
@@ -139,6 +156,10 @@ class BiLSTMCRFTagger(TrainablePipe):
             raise ValueError(f"[{name}] threshold must be in [0, 1], got {threshold}.")
         if nbest < 0:
             raise ValueError(f"[{name}] nbest must be 0 (off) or positive, got {nbest}.")
+        if nbest_unit not in ("doc", "sentence"):
+            raise ValueError(
+                f"[{name}] nbest_unit must be 'doc' or 'sentence', got {nbest_unit!r}."
+            )
         if threads < 0:
             raise ValueError(f"[{name}] threads must be 0 (automatic) or positive, got {threads}.")
         self.vocab = vocab
@@ -153,6 +174,7 @@ class BiLSTMCRFTagger(TrainablePipe):
             "spans_key": spans_key,
             "threshold": threshold,
             "nbest": nbest,
+            "nbest_unit": nbest_unit,
             "scheme": scheme,
             "threads": threads,
             # The calibration temperature (see calibration.py): part of the trained model.
@@ -206,7 +228,7 @@ class BiLSTMCRFTagger(TrainablePipe):
             probs = None
             if self.cfg["confidence"] or self.cfg["threshold"] > 0:
                 probs = self._span_probs(emissions, segments, paths)
-            nbest = self._nbest(emissions, segments) if self.cfg["nbest"] else None
+            nbest = self._nbest(docs, emissions, segments) if self.cfg["nbest"] else None
         return Predictions(tags, probs, nbest)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Predictions) -> None:
@@ -233,22 +255,39 @@ class BiLSTMCRFTagger(TrainablePipe):
                 group.attrs["scores"] = numpy.asarray(probs, dtype="float32")
                 doc.spans[self.cfg["spans_key"]] = group
             if predictions.nbest is not None:
-                self._set_nbest(doc, predictions.nbest[i], lengths)
+                self._set_nbest(doc, predictions.nbest[i])
 
-    def _set_nbest(
-        self, doc: Doc, analyses: list[tuple[numpy.ndarray, float]], lengths: list[int]
-    ) -> None:
-        """Write each analysis as the span group `{spans_key}_nbest_{rank}`."""
-        key, labels = self.cfg["spans_key"], self.labels
-        for rank, (ids, log_prob) in enumerate(analyses, start=1):
-            entities, _ = doc_entities(doc, ids, lengths, self.cfg["scheme"])
-            spans = [
-                Span(doc, int(start), int(end), label=labels[label])
-                for start, end, label in zip(*entities)
-            ]
+    def _set_nbest(self, doc: Doc, pieces: list[Piece]) -> None:
+        """Write the analyses of rank r of every piece as the span group
+        `{spans_key}_nbest_{r}`, with their probabilities."""
+        key, labels, scheme = self.cfg["spans_key"], self.labels, self.cfg["scheme"]
+        is_space = doc.to_array(IS_SPACE).astype(bool)
+        ranks = max((len(piece.analyses) for piece in pieces), default=0)
+        for rank in range(1, ranks + 1):
+            spans, probabilities = [], []
+            for piece in pieces:
+                if len(piece.analyses) < rank:
+                    probabilities.append(0.0)
+                    continue
+                ids, log_prob = piece.analyses[rank - 1]
+                probabilities.append(float(numpy.exp(log_prob)))
+                if self.cfg["nbest_unit"] == "doc":
+                    entities, _ = doc_entities(doc, ids, self._segments(doc), scheme)
+                else:  # one sentence, inside one segment
+                    found = read_entities(ids, scheme)
+                    shift = piece.start
+                    moved = Entities(found.starts + shift, found.ends + shift, found.labels)
+                    entities, _ = trim_spaces(moved, is_space)
+                spans += [
+                    Span(doc, int(start), int(end), label=labels[label])
+                    for start, end, label in zip(*entities)
+                ]
             group = SpanGroup(doc, name=f"{key}_nbest_{rank}", spans=spans)
-            group.attrs["probability"] = float(numpy.exp(log_prob))
             group.attrs["rank"] = rank
+            group.attrs["pieces"] = [[piece.start, piece.end] for piece in pieces]
+            group.attrs["probabilities"] = probabilities
+            if len(pieces) == 1:
+                group.attrs["probability"] = probabilities[0]
             doc.spans[group.name] = group
 
     def update(
@@ -278,6 +317,12 @@ class BiLSTMCRFTagger(TrainablePipe):
             self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        """Step the parameters, the torch ones on the component's threads (spaCy calls this
+        after `update` when it steps several components together)."""
+        with bilstm_crf_model.torch_threads(self.model, self._threads()):
+            super().finish_update(sgd)
 
     def get_loss(self, examples: Iterable[Example], scores: list[Floats2d]) -> tuple[float, Any]:
         """Summed CRF negative log-likelihood over segments, and its gradient."""
@@ -407,16 +452,54 @@ class BiLSTMCRFTagger(TrainablePipe):
                 f"the component's labels {self.labels}: add it before initialization."
             ) from None
 
+    def _segments(self, doc: Doc) -> list[int]:
+        return bilstm_crf_model.doc_segments(self.model, [doc])[0]
+
     def _nbest(
-        self, emissions: list[Floats2d], segments: list[list[int]]
-    ) -> list[list[tuple[numpy.ndarray, float]]]:
-        """Per doc, its `nbest` best analyses over all its segments."""
-        k = self.cfg["nbest"]
-        per_segment = bilstm_crf_model.tagger_nbest(
-            self.model, emissions, k, self.cfg["temperature"]
+        self, docs: list[Doc], emissions: list[Floats2d], segments: list[list[int]]
+    ) -> list[list[Piece]]:
+        """Per doc, its pieces with their `nbest` best analyses: the whole doc (its segments'
+        analyses combined), or each sentence within its segment."""
+        k, temperature = self.cfg["nbest"], self.cfg["temperature"]
+        if self.cfg["nbest_unit"] == "doc":
+            per_segment = bilstm_crf_model.tagger_nbest(self.model, emissions, k, temperature)
+            per_doc = split_by(per_segment, [len(lengths) for lengths in segments])
+            return [
+                [Piece(0, len(doc), _best_combinations(lists, k))]
+                for doc, lists in zip(docs, per_doc)
+            ]
+        rows, starts, ends, owners = [], [], [], []
+        segment = 0
+        for doc_index, (doc, lengths) in enumerate(zip(docs, segments)):
+            offset = 0
+            sentences = (
+                [(s.start, s.end) for s in doc.sents]
+                if doc.has_annotation("SENT_START")
+                else [(0, len(doc))]
+            )
+            for length in lengths:
+                for begin, finish in sentences:
+                    begin, finish = max(begin, offset), min(finish, offset + length)
+                    if begin < finish:
+                        rows.append(segment)
+                        starts.append(begin - offset)
+                        ends.append(finish - offset)
+                        owners.append((doc_index, offset))
+                offset += length
+                segment += 1
+        analyses = bilstm_crf_model.tagger_piece_nbest(
+            self.model,
+            emissions,
+            numpy.asarray(rows),
+            numpy.asarray(starts),
+            numpy.asarray(ends),
+            k,
+            temperature,
         )
-        per_doc = split_by(per_segment, [len(lengths) for lengths in segments])
-        return [_best_combinations(lists, k) for lists in per_doc]
+        pieces: list[list[Piece]] = [[] for _ in docs]
+        for (doc_index, offset), begin, finish, found in zip(owners, starts, ends, analyses):
+            pieces[doc_index].append(Piece(offset + begin, offset + finish, found))
+        return pieces
 
     def _span_probs(
         self, emissions: list[Floats2d], segments: list[list[int]], paths: list[numpy.ndarray]

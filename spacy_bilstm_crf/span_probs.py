@@ -1,5 +1,10 @@
 """Exact probabilities of tag spans under a linear-chain CRF, from one forward-backward pass.
 
+`piece_nbest` uses the same messages for the `k` most probable labellings of pieces of a
+sequence (its sentences), each with its exact probability under the whole sequence's CRF:
+a k-best Viterbi over the piece, entered through the forward message before it and left
+through the backward message after it.
+
 The probability that tokens `s..e-1` of a sequence carry the tags `tau` (and, optionally, that
 token `e` does not carry a given tag, which would continue an entity) is a sum over every
 path that agrees: in log space,
@@ -15,6 +20,8 @@ callers pass float64 scores when they want probabilities exact to float64.
 
 import torch
 from torch import Tensor
+
+from .nbest import kbest_viterbi
 
 NEG_INF = float("-inf")
 
@@ -131,3 +138,36 @@ def span_log_probs(
     out_moves[excluded, after[excluded]] = NEG_INF
     tail = torch.where(at_end, end[last_tag], _logsumexp(out_moves, dim=1))
     return inner + tail - log_z[rows]
+
+
+def piece_nbest(
+    emissions: Tensor,
+    mask: Tensor,
+    trans: Tensor,
+    start: Tensor,
+    end: Tensor,
+    rows: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """The `k` most probable labellings `(P, k, L)` (padded with -1) of each piece, tokens
+    `starts[p]..ends[p]-1` of sequence `rows[p]`, and their log probabilities `(P, k)` under
+    the sequence's CRF (every labelling of the rest of the sequence summed over), best first.
+    Missing labellings (a piece with fewer than `k`) have `-inf`."""
+    alpha, beta, log_z = forward_backward(emissions, mask, trans, start, end)
+    sizes = ends - starts  # shape: (P,)
+    width = int(sizes.max())
+    positions = starts.unsqueeze(1) + torch.arange(width, device=rows.device)  # shape: (P, L)
+    piece_mask = positions < ends.unsqueeze(1)  # shape: (P, L)
+    safe = torch.where(piece_mask, positions, starts.unsqueeze(1))
+    scores = emissions[rows.unsqueeze(1), safe].clone()  # shape: (P, L, K)
+    before = (starts - 1).clamp(min=0)
+    entering = _logsumexp(alpha[rows, before].unsqueeze(2) + trans, dim=1)  # shape: (P, K)
+    entering = torch.where((starts > 0).unsqueeze(1), entering, start)
+    pieces = torch.arange(len(rows), device=rows.device)
+    scores[:, 0] += entering
+    scores[pieces, sizes - 1] += beta[rows, ends - 1]
+    zero = trans.new_zeros(trans.shape[0])
+    paths, best = kbest_viterbi(scores, piece_mask, trans, zero, zero, k)
+    return paths, best - log_z[rows].unsqueeze(1)

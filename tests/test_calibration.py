@@ -551,6 +551,17 @@ def test_oracle_of_every_path_is_perfect(trained: Language) -> None:
     assert oracle[125].fscore == 1.0
 
 
+def test_sentence_analyses_oracle_improves_with_k(trained: Language, ner) -> None:
+    """With `unit="sentence"` each sentence has analyses of its own: the errors fall with k,
+    and the settings are restored after the call."""
+    examples = examples_for(trained, HELD_OUT + MULTI)
+    ks = [1, 2, 5, 10]
+    oracle = calibration.oracle_f1(trained, examples, ks, unit="sentence")
+    errors = [oracle[k].fp + oracle[k].fn for k in ks]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
+    assert ner.cfg["nbest"] == 0 and ner.cfg["nbest_unit"] == "doc"
+
+
 def test_oracle_rejects_bad_k(trained: Language) -> None:
     for ks in ([], [0, 1]):
         with pytest.raises(ValueError, match="ks"):

@@ -782,3 +782,39 @@ def test_span_probs_reject_spans_outside_their_sequence() -> None:
         crf.span_probs(
             emissions, mask, torch.tensor([0]), torch.tensor([1]), torch.tensor([[1, 2]])
         )
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BILUO"])
+def test_piece_nbest_equals_brute_force_marginals(scheme: str) -> None:
+    """The k best labellings of each piece by their probability under the whole sequence's
+    CRF, which sums over every labelling of the rest."""
+    torch.manual_seed(5)
+    tags = tag_names(["A"], scheme)
+    crf = CRF(len(tags), allowed_transitions(tags, scheme)).double()
+    with torch.no_grad():
+        for param in crf.parameters():
+            param.normal_()
+    lengths = [5, 3]
+    emissions = torch.randn(2, 5, len(tags), dtype=torch.float64) * 2
+    mask = torch.arange(5) < torch.tensor(lengths).unsqueeze(1)
+    pieces = [(0, 0, 2), (0, 2, 5), (1, 0, 1), (1, 1, 3)]
+    rows, starts, ends = (torch.tensor(column) for column in zip(*pieces))
+    k = 4
+    paths, log_probs = crf.piece_nbest(emissions, mask, rows, starts, ends, k)
+    for p, (row, start, end) in enumerate(pieces):
+        length = lengths[row]
+        log_z = crf.log_partition(emissions[row : row + 1, :length]).item()
+        marginal: dict[tuple, float] = {}
+        for path in itertools.product(range(len(tags)), repeat=length):
+            score = crf.score(emissions[row : row + 1, :length], torch.tensor([path])).item()
+            if score > float("-inf"):
+                piece = tuple(path[start:end])
+                marginal[piece] = marginal.get(piece, 0.0) + math.exp(score - log_z)
+        best = sorted(marginal.values(), reverse=True)[:k]
+        got = log_probs[p].exp().tolist()
+        assert got[: len(best)] == pytest.approx(best, rel=1e-9)
+        assert all(value == 0.0 for value in got[len(best) :])
+        for rank, value in enumerate(best):
+            piece = tuple(paths[p, rank, : end - start].tolist())
+            assert marginal[piece] == pytest.approx(value, rel=1e-9)
+            assert all(tag == -1 for tag in paths[p, rank, end - start :].tolist())

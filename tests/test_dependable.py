@@ -206,3 +206,24 @@ def test_torch_module_is_reached_in_one_place(saved: Path) -> None:
     nlp: Language = spacy.load(saved)
     module = bilstm_crf_model.torch_module(nlp.get_pipe("ner").model)
     assert module.threads >= 1 and module.crf.num_tags == 1 + 4 * 2
+
+
+def test_nbest_per_sentence_gives_each_sentence_its_analyses(saved: Path) -> None:
+    settings = {"nbest": 3, "nbest_unit": "sentence", "overwrite": True}
+    nlp = spacy.load(saved, config={"components": {"ner": settings}})
+    words = ["Shaka", "Khan", "lives", ".", "I", "like", "Berlin", "."]
+    starts = [True, False, False, False, True, False, False, False]
+    doc = nlp(Doc(nlp.vocab, words=words, sent_starts=starts))
+    key = nlp.get_pipe("ner").cfg["spans_key"]
+    groups = [doc.spans[f"{key}_nbest_{rank}"] for rank in (1, 2, 3)]
+    for rank, group in enumerate(groups, start=1):
+        assert group.attrs["rank"] == rank and group.attrs["pieces"] == [[0, 4], [4, 8]]
+        assert "probability" not in group.attrs  # one per sentence instead
+        for span in group:
+            assert any(start <= span.start and span.end <= end for start, end in [(0, 4), (4, 8)])
+    for piece in range(2):
+        probabilities = [group.attrs["probabilities"][piece] for group in groups]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-9
+    with pytest.raises(ValueError, match="nbest_unit must be"):
+        spacy.blank("en").add_pipe("bilstm_crf", config={"nbest_unit": "word"})

@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = [row for row in curve if row.threshold in THRESHOLDS]
     plot_pr_curve(curve, table, args.output_dir / "pr_curve.png")
     oracle = oracle_f1(nlp, test, KS, args.component)
+    sentence_oracle = oracle_f1(nlp, test, KS, args.component, unit="sentence")
     speed = words_per_second(nlp, args.component, [eg.reference.text for eg in test])
 
     ece_raw = expected_calibration_error(raw_test.probs, raw_test.correct, BINS)
@@ -221,11 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "## n-best oracle F1 (test)",
         "",
-        "Per gold sentence, the best of its doc's first k analyses (fewest errors).",
+        "Per gold sentence, the best (fewest errors) of the first k analyses: of its doc "
+        "(`nbest_unit` doc), or of the sentence itself (`nbest_unit` sentence, the docs given "
+        "the gold sentence boundaries), as NCRF++ reports its oracle.",
         "",
         "| k | " + " | ".join(str(k) for k in KS) + " |",
         "|---|" + "---:|" * len(KS),
-        "| oracle F1 | " + " | ".join(f"{100 * oracle[k].fscore:.2f}" for k in KS) + " |",
+        "| oracle F1, doc analyses | "
+        + " | ".join(f"{100 * oracle[k].fscore:.2f}" for k in KS)
+        + " |",
+        "| oracle F1, sentence analyses | "
+        + " | ".join(f"{100 * sentence_oracle[k].fscore:.2f}" for k in KS)
+        + " |",
         "",
         f"## Speed (test texts, median words/s of {ROUNDS} interleaved rounds)",
         "",
@@ -242,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|---|---:|---|",
         f"| ECE after calibration <= {TARGET_ECE} (raw {ece_raw:.4f}) | {ece_after:.4f} "
         f"| {verdict(ece_after <= TARGET_ECE)} |",
-        f"| oracle F1 of 10 analyses >= {TARGET_ORACLE:g} | {100 * oracle[10].fscore:.2f} "
-        f"| {verdict(100 * oracle[10].fscore >= TARGET_ORACLE)} |",
+        f"| oracle F1 of 10 sentence analyses >= {TARGET_ORACLE:g} "
+        f"| {100 * sentence_oracle[10].fscore:.2f} "
+        f"| {verdict(100 * sentence_oracle[10].fscore >= TARGET_ORACLE)} |",
         f"| confidence within {TARGET_SLOWDOWN}x of the words/s without it | {slowdown:.2f}x "
         f"| {verdict(slowdown <= TARGET_SLOWDOWN)} |",
     ]
