@@ -1,0 +1,172 @@
+"""The research commands of benchmarks/, on the shipped WNUT-17 sample with a few steps."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def run(*args: str | Path, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """benchmarks/ in a copy of the repository, after `prepare` on the sample with vectors
+    (a small table written as a user's own folder)."""
+    root = tmp_path_factory.mktemp("repo")
+    for name in ("project.yml", "configs", "scripts", "assets", "benchmarks"):
+        source = REPO / name
+        if source.is_dir():
+            skip = shutil.ignore_patterns("training", "metrics", "generated", "logs")
+            shutil.copytree(source, root / name, ignore=skip)
+        else:
+            shutil.copy(source, root / name)
+    nlp = spacy.blank("en")
+    words = ["the", "a", "london", "paris", "new", "york", "to", "in", "of", "and"]
+    data = numpy.eye(len(words), 6, dtype="float32")
+    nlp.vocab.vectors = spacy.vectors.Vectors(strings=nlp.vocab.strings, data=data, keys=words)
+    nlp.to_disk(root / "tiny_vectors")
+    bench = root / "benchmarks"
+    for command in ("prepare", "recipes"):
+        args = [
+            "--vars.data_dir",
+            "assets",
+            "--vars.dataset",
+            "wnut17_sample",
+            "--vars.limit",
+            "120",
+        ]
+        args += ["--vars.vectors", str(root / "tiny_vectors")]
+        result = run("-m", "spacy", "project", "run", command, bench, *args, cwd=bench, timeout=300)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return bench
+
+
+def test_seeds_compares_the_systems_on_the_same_inputs(bench: Path) -> None:
+    """All four systems, two seeds: one row each with its config and vectors, speed and
+    memory per run, and the vectors given to those that should have them only."""
+    args = ["--vars.dataset", "wnut17_sample", "--vars.vectors", "tiny", "--vars.seeds", "0 1"]
+    args += ["--vars.max_steps", "6", "--vars.budget", "300", "--vars.threads", "1"]
+    result = run("-m", "spacy", "project", "run", "seeds", bench, *args, cwd=bench, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    table = (bench / "metrics" / "wnut17_sample" / "seeds-tiny.md").read_text(encoding="utf-8")
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    names = ["| bilstm_crf", "| ner", "| spacy_efficiency", "| spacy_accuracy"]
+    assert [name for name in rows if name in names] == names
+    assert "`bilstm_crf.cfg`, `../corpus/wnut17_sample/vectors`" in rows["| bilstm_crf"]
+    assert "`spacy_efficiency.cfg`, none" in rows["| spacy_efficiency"]
+    for name in names:
+        assert rows[name].endswith("(0/2 at the budget) |")
+    runs = bench / "training" / "wnut17_sample" / "seeds-tiny"
+    for system in ("bilstm_crf", "ner", "spacy_efficiency", "spacy_accuracy"):
+        for seed in ("0", "1"):
+            speed = json.loads((runs / system / seed / "speed.json").read_text(encoding="utf-8"))
+            assert speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0
+            vectors = spacy.load(runs / system / seed / "model-best").vocab.vectors.shape[0]
+            assert (vectors > 0) == (system != "spacy_efficiency"), system
+
+
+def test_ablation_table(bench: Path) -> None:
+    result = run(
+        "scripts/ablate.py",
+        "../configs/bilstm_crf.cfg",
+        "../corpus/wnut17_sample",
+        "metrics/ablation.md",
+        "--steps",
+        "6",
+        "--seeds",
+        "0",
+        "--threads",
+        "1",
+        "--training-dir",
+        "training/ablation",
+        "--variants",
+        "BiLSTM-CRF, BIO tags",
+        "BiLSTM + softmax",
+        cwd=bench,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    lines = (bench / "metrics" / "ablation.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines if line.startswith("| BiLSTM")]
+    assert [row.split(" | ")[0] for row in rows] == ["| BiLSTM-CRF, BIO tags", "| BiLSTM + softmax"]
+    assert rows[0].split(" | ")[3] == "0.00%"  # the CRF never decodes an invalid sequence
+
+
+def test_seed_comparison_rejects_a_setting_for_an_unknown_system(bench: Path) -> None:
+    result = run(
+        "scripts/compare_seeds.py",
+        "../corpus/wnut17_sample",
+        "metrics/unused.md",
+        "--system",
+        "ner=../configs/ner.cfg",
+        "--set",
+        "bilstm:paths.vectors=x",
+        "--budget",
+        "10",
+        cwd=bench,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--set names 'bilstm', which is not a --system (ner)" in result.stderr
+
+
+def test_seen_unseen_split_counts_exactly() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "scripts"))
+    from seen_unseen import entity_texts, split_recall
+
+    nlp = spacy.blank("en")
+    train = [Doc(nlp.vocab, words=["Paris", "and", "Leeds"], ents=["B-LOC", "O", "B-ORG"])]
+    words = ["Leeds", "beat", "Hull", "City"]
+    gold = [Doc(nlp.vocab, words=words, ents=["B-ORG", "O", "B-ORG", "I-ORG"])]
+    # Leeds found with the right label; "Hull City" missed; "beat" a wrong, unseen prediction.
+    predicted = [Doc(nlp.vocab, words=words, ents=["B-ORG", "B-PER", "B-LOC", "O"])]
+    assert entity_texts(train) == {"paris", "leeds"}
+    assert split_recall(gold, predicted, entity_texts(train)) == {
+        "seen": {"gold": 1, "found": 1, "wrong": 0},
+        "unseen": {"gold": 1, "found": 0, "wrong": 2},
+    }
+
+
+def test_speed_table_runs_two_pipelines_side_by_side(bench: Path, tmp_path: Path) -> None:
+    corpus = bench.parent / "corpus" / "wnut17_sample"
+    runs = bench / "training" / "wnut17_sample" / "seeds-tiny"  # from the seeds test
+    models = [runs / system / "0" / "model-best" for system in ("bilstm_crf", "spacy_efficiency")]
+    pipelines = [f"m{i}={model}" for i, model in enumerate(models)]
+    output = tmp_path / "speed.md"
+    result = run(
+        "scripts/speed_table.py",
+        corpus / "test.spacy",
+        *pipelines,
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--output",
+        output,
+        cwd=bench,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    table = output.read_text(encoding="utf-8")
+    assert "| `m0` |" in table and "(1.00x)" in table and "peak RSS" in table
+    assert len(list(DocBin().from_disk(corpus / "test.spacy").get_docs(spacy.blank("en").vocab)))
