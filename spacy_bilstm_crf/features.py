@@ -82,7 +82,7 @@ def _init_require_vectors(
     if X and X[0].vocab.vectors.shape[0] == 0:
         raise ValueError(
             "include_static_vectors is true, but the vocab has no vectors. Set [paths] vectors "
-            "(e.g. the output of scripts/distill_vectors.py, or a pipeline with vectors such as "
+            "(e.g. the output of scripts/vectors.py, or a pipeline with vectors such as "
             "en_core_web_lg), or set include_static_vectors = false."
         )
     return model

@@ -2,8 +2,10 @@
 
 Data flow: `tok2vec` (Docs -> token vectors), cut into segments (see `segments.py`), then a
 PyTorch `BiLSTMTagger` behind thinc's `PyTorchWrapper` (vectors -> emission scores per
-segment). The CRF lives inside that torch module; `tagger_loss`, `tagger_decode` and
-`crf_span_probs` are the only code that reaches it, so the pipe never does CRF maths.
+segment). The CRF lives inside that torch module; `tagger_loss`, `tagger_decode`,
+`crf_span_probs`, `tagger_nbest` and `tagger_piece_nbest` are the only code that reaches it,
+so the pipe never does CRF maths. `load_bytes` checks a config given at load time against the
+saved model before loading its weights.
 """
 
 from collections.abc import Callable, Iterator, Sequence

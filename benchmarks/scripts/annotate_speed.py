@@ -25,8 +25,8 @@ import argparse
 import datetime
 import importlib.util
 import os
-import platform
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +40,9 @@ from spacy.training import Example
 
 from spacy_bilstm_crf.annotate import ShardReport, annotate
 from spacy_bilstm_crf.conll import read_conll
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from speed import cpu_model  # noqa: E402
 
 TARGET = 1.8
 NAMES = ["Shaka Khan", "Ada Lovelace", "Grace Hopper", "Alan Turing"]
@@ -64,18 +67,6 @@ class Result:
     words_per_s: float
     total_s: float
     words: int
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_texts(path: Path) -> list[str]:

@@ -20,28 +20,20 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchcrf
 
 from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from speed import cpu_model  # noqa: E402
+
 SHAPES = [(64, 40, 9), (64, 40, 37), (32, 256, 9), (256, 20, 9)]
 NLL_RTOL = 1e-4
 GRAD_RTOL = 1e-4
 MIN_SAMPLE_S = 0.005
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_inputs(batch: int, steps: int, num_tags: int, seed: int) -> dict[str, torch.Tensor]:
