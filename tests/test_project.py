@@ -254,11 +254,17 @@ def test_smoke_package_installs_offline(fresh: Path, tmp_path: Path) -> None:
     code = (
         "import spacy, sys; sys.path.insert(0, sys.argv[1]); "
         "nlp = spacy.load('en_bilstm_crf_wnut17_sample'); "
-        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, len(nlp('I love Paris .')))"
+        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, len(nlp('I love Paris .'))); "
+        "settings = {'confidence': True, 'spans_key': 'xx', 'nbest': 2}; "
+        "nlp = spacy.load('en_bilstm_crf_wnut17_sample', config={'components': {'ner': settings}}); "
+        "doc = nlp('I love Paris .'); "
+        "print(sorted(doc.spans), len(doc.spans['xx']) == len(doc.ents))"
     )
     result = run("-c", code, target, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["['ner']", "BiLSTMCRFTagger", "4"]
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["['ner']", "BiLSTMCRFTagger", "4"]
+    assert lines[1] == "['xx', 'xx_nbest_1', 'xx_nbest_2'] True"  # settings given at load
 
 
 def tiny_vectors(folder: Path) -> Path:
