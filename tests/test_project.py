@@ -253,10 +253,11 @@ def test_smoke_package_installs_offline(fresh: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     code = (
         "import spacy, sys; sys.path.insert(0, sys.argv[1]); "
-        "nlp = spacy.load('en_bilstm_crf_wnut17_sample'); "
-        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, len(nlp('I love Paris .'))); "
+        "name = 'en_bilstm_crf_wnut17_sample'; nlp = spacy.load(name); "
+        "doc = nlp('I love Paris .'); "
+        "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, len(doc)); "
         "settings = {'confidence': True, 'spans_key': 'xx', 'nbest': 2}; "
-        "nlp = spacy.load('en_bilstm_crf_wnut17_sample', config={'components': {'ner': settings}}); "
+        "nlp = spacy.load(name, config={'components': {'ner': settings}}); "
         "doc = nlp('I love Paris .'); "
         "print(sorted(doc.spans), len(doc.spans['xx']) == len(doc.ents))"
     )
