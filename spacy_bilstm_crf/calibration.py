@@ -1,4 +1,4 @@
-"""How far the `bilstm_crf` entity probabilities are from what they claim, and a fix (issue #16).
+"""How far the `bilstm_crf` entity probabilities are from what they claim, and a fix.
 
 Metrics on arrays first (reliability bins, expected calibration error, Brier score, log loss),
 then functions that run a pipeline on gold `Example`s: the outcomes of its predicted entities,

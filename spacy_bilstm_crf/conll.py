@@ -324,7 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for source, target in _jobs(args.input, args.output):
             stats = convert(
-                source, target, n_sents=args.n_sents, scheme=args.scheme, limit=args.limit or None
+                source,
+                target,
+                n_sents=args.n_sents,
+                scheme=args.scheme,
+                limit=None if args.limit == 0 else args.limit,
             )
             print(f"{source} -> {target}\n{stats}\n")
     except (ValueError, OSError) as err:

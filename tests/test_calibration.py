@@ -1,4 +1,4 @@
-"""Calibration (issue #16): metrics against hand computation and brute force, the temperature
+"""Calibration: metrics against hand computation and brute force, the temperature
 fit and its round trip, `threshold`, the n-best groups against every tag path, the oracle F1
 and the `calibrate` command."""
 

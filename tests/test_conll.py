@@ -346,7 +346,11 @@ def test_cli_limit(tmp_path: Path) -> None:
     rows = [line.split() for line in result.stdout.splitlines()]
     assert ["sentences", "12"] in rows and ["sentences", "2"] in rows
     result = run_cli(tmp_path / "a.conll", tmp_path / "a.spacy", "--limit", "0")
-    assert result.returncode == 1 and "limit must be at least 1" in result.stderr
+    assert result.returncode == 0 and ["sentences", "30"] in [
+        line.split() for line in result.stdout.splitlines()
+    ]
+    result = run_cli(tmp_path / "a.conll", tmp_path / "a.spacy", "--limit", "-1")
+    assert result.returncode == 1 and "limit must be at least 1, got -1" in result.stderr
 
 
 def test_cli_reports_malformed_input_without_traceback(tmp_path: Path) -> None:

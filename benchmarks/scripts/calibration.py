@@ -1,4 +1,4 @@
-"""Calibration report for a trained `bilstm_crf` pipeline (issue #16), as Markdown and plots.
+"""Calibration report for a trained `bilstm_crf` pipeline, as Markdown and plots.
 
     python benchmarks/scripts/calibration.py MODEL DEV.spacy TEST.spacy --output-dir DIR
         [--component ner]
@@ -10,7 +10,7 @@ reliability diagram of test before and after (DIR/reliability.png); precision, r
 by threshold on test after calibration, with its curve (DIR/pr_curve.png); the n-best oracle
 F1 on test; and the words per second of `nlp.pipe` on the test texts with confidence off,
 on, and with nbest 10, interleaved over 3 rounds in one process. It prints the report and
-writes it to DIR/calibration.md, with the issue's targets marked met or missed.
+writes it to DIR/calibration.md, with the targets marked met or missed.
 """
 
 import argparse
@@ -49,7 +49,7 @@ BINS = 15
 THRESHOLDS = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
 KS = [1, 2, 5, 10]
 ROUNDS = 3
-# The issue's targets: ECE after calibration, oracle F1 of 10 analyses, slowdown of confidence.
+# Targets: ECE after calibration, oracle F1 of 10 analyses, slowdown of confidence.
 TARGET_ECE, TARGET_ORACLE, TARGET_SLOWDOWN = 0.02, 97.0, 1.3
 SPEED_SETTINGS = {
     "confidence off": {"confidence": False, "nbest": 0},
