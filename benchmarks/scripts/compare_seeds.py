@@ -8,10 +8,13 @@ For each seed, every system trains in turn (so that slow phases of a shared mach
 systems alike), with `--threads` CPU threads and at most `--budget` seconds: a run still going
 then is interrupted and keeps its best checkpoint. Each `model-best` is scored on dev and test,
 and `speed.py` measures `nlp.pipe` words per second and peak memory on the test texts in a
-process of its own. The Markdown table has the mean and standard deviation over seeds.
+process of its own; both are recorded in the run's folder, so that a rerun (with more seeds
+or systems) only trains and scores what is missing. The Markdown table has the mean and
+standard deviation over seeds.
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import spacy
 import torch
-from seed_runs import SCRIPTS, mean_sd, score, train, write_lines
+from seed_runs import SCORES, SCRIPTS, Score, mean_sd, score, train, write_lines
 from speed import cpu_model
 
 
@@ -50,6 +53,23 @@ def measure_speed(model: Path, data: Path, threads: int, output: Path) -> dict:
     command += ["--threads", str(threads), "--output", str(output)]
     subprocess.run(command, check=True)
     return json.loads(output.read_text(encoding="utf8"))
+
+
+def evaluate(folder: Path, corpus: Path, threads: int) -> tuple[Score, Score, dict]:
+    """Dev and test scores and the speed of `folder/model-best`, recorded in the folder the
+    first time and read back after (training the run again removes the records)."""
+    record, speed_record = folder / SCORES, folder / "speed.json"
+    if record.exists() and speed_record.exists():
+        saved = json.loads(record.read_text(encoding="utf8"))
+        speed = json.loads(speed_record.read_text(encoding="utf8"))
+        return Score(**saved["dev"]), Score(**saved["test"]), speed
+    nlp = spacy.load(folder / "model-best")
+    dev = score(nlp, corpus / "dev.spacy")
+    test = score(nlp, corpus / "test.spacy")
+    speed = measure_speed(folder / "model-best", corpus / "test.spacy", threads, speed_record)
+    saved = {"dev": dataclasses.asdict(dev), "test": dataclasses.asdict(test)}
+    record.write_text(json.dumps(saved), encoding="utf8")
+    return dev, test, speed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,13 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 steps=args.steps,
                 budget=args.budget,
             )
-            model = folder / "model-best"
-            nlp = spacy.load(model)
-            dev = score(nlp, args.corpus / "dev.spacy")
-            test = score(nlp, args.corpus / "test.spacy")
-            speed = measure_speed(
-                model, args.corpus / "test.spacy", args.threads, folder / "speed.json"
-            )
+            dev, test, speed = evaluate(folder, args.corpus, args.threads)
             results[name].append(
                 {"seconds": seconds, "stopped": stopped, "dev": dev, "test": test, "speed": speed}
             )

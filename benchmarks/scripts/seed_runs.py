@@ -21,6 +21,10 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from timed_run import run_timed  # noqa: E402
 
+# What `compare_seeds.py` records next to a run's `model-best`, so that a table is rebuilt
+# without scoring it again.
+SCORES = "scores.json"
+
 
 @dataclass
 class Score:
@@ -47,12 +51,15 @@ def train(
 
     `steps` overrides `[training] max_steps`; `budget` interrupts training after that many
     seconds, keeping `model-best`. A finished run (its `model-best` and recorded time exist) is
-    not trained again, so that an interrupted series resumes where it stopped.
+    not trained again, so that an interrupted series resumes where it stopped; training again
+    removes the scores and speed recorded for the old `model-best`.
     """
     record = output / "train_seconds.json"
     if record.exists() and (output / "model-best").exists():
         done = json.loads(record.read_text(encoding="utf8"))
         return float(done["seconds"]), bool(done.get("stopped", False))
+    for stale in (SCORES, "speed.json"):
+        (output / stale).unlink(missing_ok=True)
     command = ["python", "-m", "spacy", "train", str(config), "--output", str(output)]
     command += ["--paths.train", str(corpus / "train.spacy")]
     command += ["--paths.dev", str(corpus / "dev.spacy"), "--system.seed", str(seed)]
