@@ -39,9 +39,10 @@ def gold_tag_ids(example: Example, labels: Sequence[str], scheme: str) -> numpy.
         return _aligned_tag_ids(example, labels, scheme)
     if not reference.has_annotation("ENT_IOB"):
         return numpy.full(len(predicted), -1, dtype="int32")
-    iob, types = reference.to_array([ENT_IOB, ENT_TYPE]).astype("int64").T
+    iob = reference.to_array(ENT_IOB).astype("int64")
+    types = reference.to_array(ENT_TYPE)  # uint64 hashes: half of them overflow an int64
     strings = reference.vocab.strings
-    index = {strings.as_int(label) if label in strings else -1: i for i, label in enumerate(labels)}
+    index = {strings.as_int(label): i for i, label in enumerate(labels) if label in strings}
     in_entity = (iob == _BEGIN) | (iob == _INSIDE)
     kinds, kind_index = numpy.unique(types, return_inverse=True)
     known = numpy.array([index.get(int(kind), -2) for kind in kinds])[kind_index.ravel()]
