@@ -38,6 +38,10 @@ TEXTS = (TEXTS + EXTRA_TEXTS) * 3  # 51 texts: 3 shards of 20 rows, the last one
 SHARD = 20
 
 
+# One worker runs this file's tests, so that its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("annotate")
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny pipeline overfit on TRAIN_DATA, with entity scores, saved to disk."""

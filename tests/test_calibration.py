@@ -70,6 +70,10 @@ def examples_for(nlp: Language, data) -> list[Example]:
     return [Example.from_dict(nlp.make_doc(text), ann) for text, ann in data]
 
 
+# One worker runs this file's tests, so that its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("calibration")
+
+
 @pytest.fixture(scope="module")
 def trained() -> Language:
     return train(100)

@@ -38,6 +38,10 @@ def ents(doc: Doc) -> list[tuple[int, int, str]]:
     return [(ent.start_char, ent.end_char, ent.label_) for ent in doc.ents]
 
 
+# One worker runs this file's tests, so that its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("dependable")
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small pipeline trained on TRAIN_DATA, component named "ner", saved to disk."""

@@ -43,6 +43,10 @@ def examples_for(nlp: Language):
     return [Example.from_dict(nlp.make_doc(text), ann) for text, ann in TRAIN_DATA]
 
 
+# One worker runs this file's tests, so that its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("pipe")
+
+
 @pytest.fixture(scope="module")
 def trained() -> Language:
     """A small pipeline overfit on TRAIN_DATA."""

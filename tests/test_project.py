@@ -206,6 +206,10 @@ def test_timed_run_interrupts_at_the_budget(tmp_path: Path) -> None:
     assert cleanup.exists()
 
 
+# The tests that share `fresh` run on one worker, so that it is built once.
+on_fresh = pytest.mark.xdist_group("fresh")
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh copy of the repository after the README's smoke run of `all`: the shipped
@@ -216,6 +220,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
+@on_fresh
 def test_smoke_run_of_all_on_a_fresh_copy(fresh: Path) -> None:
     metrics = fresh / "metrics" / "wnut17_sample"
     scores = json.loads((metrics / "bilstm_crf.json").read_text(encoding="utf-8"))
@@ -233,6 +238,7 @@ def test_smoke_run_of_all_on_a_fresh_copy(fresh: Path) -> None:
     assert nlp.get_pipe("ner").labels  # trained on the sample's labels
 
 
+@on_fresh
 def test_smoke_package_installs_offline(fresh: Path, tmp_path: Path) -> None:
     """The built package and the plugin's wheel install with no index, and the package loads."""
     dist = fresh / "packages" / "en_bilstm_crf_wnut17_sample-0.0.0" / "dist"
@@ -282,12 +288,14 @@ def tiny_vectors(folder: Path) -> Path:
     return folder
 
 
-def test_all_on_a_dataset_of_another_name_and_language(tmp_path: Path) -> None:
-    """`all` on `DIR/mijn_data` in Dutch, with a vectors folder of another language (written
-    again in Dutch by the vectors step); the smoke run above covers `all` without vectors."""
+@pytest.mark.parametrize("vectors", ["none", "path"])
+def test_all_on_a_dataset_of_another_name_and_language(tmp_path: Path, vectors: str) -> None:
+    """`all` on `DIR/mijn_data` in Dutch, with no vectors and with a vectors folder of another
+    language (written again in Dutch by the vectors step)."""
     project = fresh_copy(tmp_path / "project")
     data = tmp_path / "data"
     shutil.copytree(SAMPLE, data / "mijn_data")
+    source = str(tiny_vectors(tmp_path / "vectors")) if vectors == "path" else "none"
     project_run(
         project,
         "all",
@@ -298,7 +306,7 @@ def test_all_on_a_dataset_of_another_name_and_language(tmp_path: Path) -> None:
         "--vars.lang",
         "nl",
         "--vars.vectors",
-        tiny_vectors(tmp_path / "vectors"),
+        source,
         *SHORT,
         "--vars.limit",
         "150",
@@ -306,8 +314,9 @@ def test_all_on_a_dataset_of_another_name_and_language(tmp_path: Path) -> None:
     model = project / "training" / "mijn_data" / "bilstm_crf" / "model-best"
     nlp = spacy.load(model)
     assert nlp.lang == "nl"
-    assert nlp.vocab.vectors.shape == (300, 8)
-    assert nlp.get_pipe("ner").cfg["input_width"] == 112 + 128 + 8
+    assert nlp.vocab.vectors.shape == ((0, 0) if vectors == "none" else (300, 8))
+    width = nlp.get_pipe("ner").cfg["input_width"]
+    assert width == 112 + 128 + (8 if vectors == "path" else 0)
     assert (project / "packages" / "nl_bilstm_crf_mijn_data-0.0.0").is_dir()
     assert (project / "metrics" / "mijn_data" / "bilstm_crf.json").is_file()
 
@@ -340,6 +349,7 @@ def test_vectors_of_another_language_are_a_clear_error_before_training(tmp_path:
     assert "--vars.lang nl" in message
 
 
+@on_fresh
 def test_compare_workflow_writes_the_side_by_side_table(fresh: Path) -> None:
     project_run(fresh, "compare", *SHORT, "--vars.limit", "200", timeout=900)
     table = (fresh / "metrics" / "wnut17_sample" / "compare.md").read_text(encoding="utf-8")
