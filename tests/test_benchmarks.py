@@ -175,3 +175,19 @@ def test_speed_table_runs_two_pipelines_side_by_side(bench: Path, tmp_path: Path
     table = output.read_text(encoding="utf-8")
     assert "| `m0` |" in table and "(1.00x)" in table and "peak RSS" in table
     assert len(list(DocBin().from_disk(corpus / "test.spacy").get_docs(spacy.blank("en").vocab)))
+
+
+def test_vectors_table_cut_keeps_every_key_of_a_kept_row() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "scripts"))
+    from vectors_size import cut_table
+
+    nlp = spacy.blank("en")
+    data = numpy.arange(12, dtype="float32").reshape(4, 3) / 7
+    table = spacy.vectors.Vectors(strings=nlp.vocab.strings, data=data, keys=["a", "b", "c", "d"])
+    table.add("B", row=1)  # a capitalised key sharing the row of "b"
+    table.add("D", row=3)
+    cut = cut_table(table, 2, "float16")
+    assert cut.shape == (2, 3) and cut.data.dtype == numpy.float16
+    assert {nlp.vocab.strings[key] for key in cut.key2row} == {"a", "b", "B"}
+    assert numpy.allclose(cut[nlp.vocab.strings["B"]], data[1], atol=1e-3)
+    assert cut_table(table, 0, "float32").shape == (4, 3)
