@@ -31,6 +31,7 @@ from spacy.training.initialize import init_nlp
 from spacy.util import load_config, registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from seed_runs import write_lines  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 
@@ -148,11 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"slower than the best thread count for nlp.pipe, {max(steps) / steps[0]:.2f}x "
             "for training (1.00x: the default is the best)."
         )
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table, encoding="utf8")
+    write_lines(args.output, lines)
     return 0
 
 

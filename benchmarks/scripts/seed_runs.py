@@ -100,8 +100,10 @@ def mean_sd(values: Sequence[float], scale: float = 100.0) -> str:
     return f"{scale * statistics.mean(values):.2f} ± {scale * sd:.2f}"
 
 
-def write_lines(path: Path, lines: Sequence[str]) -> None:
-    """Write a Markdown table (or any lines) to `path` and print it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf8")
-    print("\n".join(lines))
+def write_lines(path: Path | None, lines: Sequence[str]) -> None:
+    """Print a Markdown table (or any lines), and write it to `path` when one is given."""
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf8")

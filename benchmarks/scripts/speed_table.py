@@ -33,6 +33,7 @@ from spacy.tokens import DocBin
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
+from seed_runs import write_lines  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 
@@ -115,11 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         medians = {key: statistics.median(values) for key, values in rates.items()}
         gains = [f"`{name}` {medians[(name, high)] / medians[(name, low)]:.2f}x" for name in names]
         lines += ["", f"{high} threads against {low}: " + ", ".join(gains) + "."]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table, encoding="utf8")
+    write_lines(args.output, lines)
     return 0
 
 

@@ -27,6 +27,7 @@ from spacy.training import Example
 from spacy.vectors import Vectors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from seed_runs import write_lines  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 
@@ -83,11 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(lines[-1], flush=True)
     nlp.vocab.vectors = full
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf8")
-    print(text)
+    write_lines(args.output, lines)
     return 0
 
 
