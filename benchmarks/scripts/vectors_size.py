@@ -6,10 +6,11 @@
 For each row count (0: the whole table) and each storage type (float32, float16), the
 pipeline's table is cut to its first ROWS rows (GloVe's rows are ordered by word frequency;
 every key of a kept row stays, so a Title or UPPER key still finds its row), the pipeline is
-scored on DATA with `nlp.evaluate`, and its `vocab/vectors` and `vocab/key2row` are saved to
-measure their size. The model is not retrained: the cut is what a user gets by pruning a
-trained pipeline's table, words of a dropped row reading zeros. The component reads any
-float table as float32, so float16 storage halves the table with no code change.
+scored on DATA with `nlp.evaluate`, and what `Vectors.to_disk` writes (the table, its key
+index and the vocab's strings, which the cut leaves as they are) is measured. The model is
+not retrained: the cut is what a user gets by pruning a trained pipeline's table, words of a
+dropped row reading zeros. The component reads any float table as float32, so float16
+storage halves the table with no code change.
 """
 
 import argparse
