@@ -65,13 +65,19 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bench
 
 
-def test_seeds_compares_the_systems_on_the_same_inputs(bench: Path) -> None:
-    """All four systems: one row each with its config and vectors, speed and memory per run,
-    and the vectors given to those that should have them only."""
+@pytest.fixture(scope="module")
+def seed_runs(bench: Path) -> Path:
+    """The `seeds` command on the sample: all four systems, seed 0; the runs' folder."""
     args = ["--vars.dataset", "wnut17_sample", "--vars.vectors", "tiny", "--vars.seeds", "0"]
     args += ["--vars.max_steps", "6", "--vars.budget", "300", "--vars.threads", "1"]
     result = run("-m", "spacy", "project", "run", "seeds", bench, *args, cwd=bench, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return bench / "training" / "wnut17_sample" / "seeds-tiny"
+
+
+def test_seeds_compares_the_systems_on_the_same_inputs(bench: Path, seed_runs: Path) -> None:
+    """All four systems: one row each with its config and vectors, speed and memory per run,
+    and the vectors given to those that should have them only."""
     table = (bench / "metrics" / "wnut17_sample" / "seeds-tiny.md").read_text(encoding="utf-8")
     rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
     names = ["| bilstm_crf", "| ner", "| spacy_efficiency", "| spacy_accuracy"]
@@ -80,13 +86,12 @@ def test_seeds_compares_the_systems_on_the_same_inputs(bench: Path) -> None:
     assert "`spacy_efficiency.cfg`, none" in rows["| spacy_efficiency"]
     for name in names:
         assert rows[name].endswith("(0/1 at the budget) |")
-    runs = bench / "training" / "wnut17_sample" / "seeds-tiny"
     for system in ("bilstm_crf", "ner", "spacy_efficiency", "spacy_accuracy"):
-        speed = json.loads((runs / system / "0" / "speed.json").read_text(encoding="utf-8"))
+        speed = json.loads((seed_runs / system / "0" / "speed.json").read_text(encoding="utf-8"))
         assert speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0
-        scores = json.loads((runs / system / "0" / "scores.json").read_text(encoding="utf-8"))
+        scores = json.loads((seed_runs / system / "0" / "scores.json").read_text(encoding="utf-8"))
         assert set(scores) == {"dev", "test"}  # recorded, so a rerun does not score again
-        vectors = spacy.load(runs / system / "0" / "model-best").vocab.vectors.shape[0]
+        vectors = spacy.load(seed_runs / system / "0" / "model-best").vocab.vectors.shape[0]
         assert (vectors > 0) == (system != "spacy_efficiency"), system
 
 
@@ -152,10 +157,12 @@ def test_seen_unseen_split_counts_exactly() -> None:
     }
 
 
-def test_speed_table_runs_two_pipelines_side_by_side(bench: Path, tmp_path: Path) -> None:
+def test_speed_table_runs_two_pipelines_side_by_side(
+    bench: Path, seed_runs: Path, tmp_path: Path
+) -> None:
     corpus = bench.parent / "corpus" / "wnut17_sample"
-    runs = bench / "training" / "wnut17_sample" / "seeds-tiny"  # from the seeds test
-    models = [runs / system / "0" / "model-best" for system in ("bilstm_crf", "spacy_efficiency")]
+    systems = ("bilstm_crf", "spacy_efficiency")
+    models = [seed_runs / system / "0" / "model-best" for system in systems]
     pipelines = [f"m{i}={model}" for i, model in enumerate(models)]
     output = tmp_path / "speed.md"
     result = run(
