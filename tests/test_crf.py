@@ -11,6 +11,7 @@ from torch.func import functional_call
 from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
 from spacy_bilstm_crf.crf import _LogPartition, _path_score, _reference_log_z, _scaled_forward
 from spacy_bilstm_crf.nbest import kbest_viterbi
+from spacy_bilstm_crf.span_probs import forward_backward
 from spacy_bilstm_crf.tags import Constraints, is_valid
 
 NEG_INF = float("-inf")
@@ -818,3 +819,28 @@ def test_piece_nbest_equals_brute_force_marginals(scheme: str) -> None:
             piece = tuple(paths[p, rank, : end - start].tolist())
             assert marginal[piece] == pytest.approx(value, rel=1e-9)
             assert all(tag == -1 for tag in paths[p, rank, end - start :].tolist())
+
+
+def test_forward_backward_messages_give_the_partition_at_every_position() -> None:
+    """Prefix and suffix sums meet at every position of long rows (where unscaled sums
+    would overflow) and past a row's end are `-inf`; an empty row has log Z = 0."""
+    torch.manual_seed(11)
+    tags = tag_names(["A", "B"], "BILUO")
+    crf = CRF(len(tags), allowed_transitions(tags, "BILUO")).double()
+    with torch.no_grad():
+        for param in crf.parameters():
+            param.normal_()
+    lengths = torch.tensor([300, 1, 0, 157])
+    emissions = torch.randn(4, 300, len(tags), dtype=torch.float64) * 20
+    mask = torch.arange(300) < lengths.unsqueeze(1)
+    messages = forward_backward(emissions, mask, *crf._scores(torch.float64))
+    positions = torch.arange(-1, 301)
+    for row, length in enumerate(lengths.tolist()):
+        want = crf.log_partition(emissions[row : row + 1, :length]).item() if length else 0.0
+        assert messages.log_z[row].item() == pytest.approx(want, rel=1e-12)
+        rows = torch.full_like(positions, row)
+        prefix, suffix = messages.prefix(rows, positions), messages.suffix(rows, positions)
+        inside = (positions >= 0) & (positions < length)
+        meet = torch.logsumexp(prefix[inside] + suffix[inside] - emissions[row, :length], -1)
+        assert torch.allclose(meet, messages.log_z[row].expand(length), rtol=1e-12)
+        assert bool((prefix[~inside] == NEG_INF).all() & (suffix[~inside] == NEG_INF).all())
