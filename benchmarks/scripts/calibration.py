@@ -1,7 +1,7 @@
 """Calibration report for a trained `bilstm_crf` pipeline, as Markdown and plots.
 
     python benchmarks/scripts/calibration.py MODEL DEV.spacy TEST.spacy --output-dir DIR
-        [--component ner]
+        [--component ner] [--threads N]
 
 It measures, with `spacy_bilstm_crf.calibration`: the raw expected calibration error (ECE, 15
 bins) and Brier score of the predicted entities on dev and test, overall and per label (raw:
@@ -157,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("test", type=Path, help=".spacy data to report on")
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
+    parser.add_argument(
+        "--threads", type=int, help="the component's threads setting (default: as saved)"
+    )
     args = parser.parse_args(argv)
     try:
         nlp = spacy.load(args.model)
@@ -165,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CalibrationError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        pipe.cfg["threads"] = args.threads
     args.output_dir.mkdir(parents=True, exist_ok=True)
     saved_temperature = pipe.cfg["temperature"]
     pipe.cfg["temperature"] = 1.0
