@@ -7,7 +7,10 @@ RAY_ADDRESS). For each it prints the start-up time and the steady-state rate apa
 - start-up: seconds from the call until the first shard is written (loading the pipeline,
   forking workers or starting Ray and its actors); for plain `nlp.pipe`, loading the pipeline;
 - steady: texts/s and words/s over the rows after the first shard (after the first
-  `--shard-size` docs for `nlp.pipe`), from the first shard's time to the last one's. Ray
+  `--shard-size` docs for `nlp.pipe`), from the first shard's time to the last one's, and
+  the CPU the machine's processes used meanwhile, in cores (CPU seconds per second, from
+  /proc on Linux): the workers or actors, this process (the driver: reading, writing, Ray
+  Data's scheduling thread), and every other process (Ray's own, or any other job). Ray
   actors may have finished a few blocks more by the time the first shard is written, which
   flatters runs of only a few blocks per actor: judge Ray on the full 100,000 texts.
 
@@ -67,6 +70,7 @@ class Result:
     words_per_s: float
     total_s: float
     words: int
+    cores: dict[str, float] | None = None
 
 
 def load_texts(path: Path) -> list[str]:
@@ -135,13 +139,59 @@ def time_plain(model: str, texts: list[str], batch_size: int, warmup: int) -> Re
     )
 
 
+def process_cpu() -> dict[int, tuple[str, int, float]]:
+    """Per process: its command line, parent and CPU seconds so far (user and system), from
+    /proc; empty where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (
+            command,
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / tick,
+        )
+    return found
+
+
+def cores_used(
+    before: dict[int, tuple[str, int, float]],
+    after: dict[int, tuple[str, int, float]],
+    seconds: float,
+) -> dict[str, float]:
+    """CPU seconds per second between two `process_cpu` snapshots, for the workers (this
+    process's children, or Ray's annotating actors), this process, and all others."""
+    me = os.getpid()
+    used = {"workers": 0.0, "driver": 0.0, "other": 0.0}
+    for pid, (command, parent, cpu) in after.items():
+        spent = cpu - before.get(pid, (command, parent, 0.0))[2]
+        if pid == me:
+            used["driver"] += spent
+        elif parent == me or "RayAnnotator" in command:
+            used["workers"] += spent
+        else:
+            used["other"] += spent
+    return {kind: value / seconds for kind, value in used.items()}
+
+
 def time_annotate(
     model: str, source: Path, folder: Path, engine: str, workers: int, **settings
 ) -> Result:
     """One `annotate` run: start-up until the first shard; steady over the shards after it."""
     reports: list[ShardReport] = []
+    snapshots: dict[str, dict[int, tuple[str, int, float]]] = {}
+
+    def on_shard(report: ShardReport) -> None:
+        reports.append(report)
+        snapshots["last" if "first" in snapshots else "first"] = process_cpu()
+
     summary = annotate(
-        model, source, folder, engine=engine, workers=workers, on_shard=reports.append, **settings
+        model, source, folder, engine=engine, workers=workers, on_shard=on_shard, **settings
     )
     first, last = reports[0], reports[-1]
     seconds = last.elapsed - first.elapsed
@@ -158,6 +208,7 @@ def time_annotate(
         words / seconds,
         summary.seconds,
         summary.words,
+        cores_used(snapshots["first"], snapshots["last"], seconds) if snapshots["first"] else None,
     )
 
 
@@ -177,13 +228,15 @@ def markdown(results: list[Result], caption: str) -> str:
     lines = [
         caption,
         "",
-        "| run | start-up s | steady texts/s | steady words/s | x one worker | total s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | start-up s | steady texts/s | steady words/s | x one worker | total s "
+        "| steady cores: workers, driver, other |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        cores = "-" if not r.cores else ", ".join(f"{v:.2f}" for v in r.cores.values())
         lines.append(
             f"| {r.name} | {r.startup:.1f} | {r.texts_per_s:,.0f} | {r.words_per_s:,.0f} | "
-            f"{r.texts_per_s / one[r.engine]:.2f} | {r.total_s:.1f} |"
+            f"{r.texts_per_s / one[r.engine]:.2f} | {r.total_s:.1f} | {cores} |"
         )
     return "\n".join(lines)
 
