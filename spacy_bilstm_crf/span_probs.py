@@ -153,7 +153,7 @@ def span_log_probs(
     inner = inner + torch.where(inside[:, 1:], moves + emitted[:, 1:], 0.0).sum(1)
     last_tag = safe_tags.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1)  # shape: (E,)
     last_position = starts + lengths - 1  # shape: (E,)
-    sequence_lengths = mask.sum(1)[rows]  # shape: (E,)
+    sequence_lengths = messages.lengths[rows]  # shape: (E,)
     at_end = last_position >= sequence_lengths - 1
     following = torch.where(at_end, last_position, last_position + 1)  # shape: (E,)
     out_moves = trans[last_tag] + messages.suffix(rows, following)  # shape: (E, K)
