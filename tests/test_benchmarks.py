@@ -32,6 +32,13 @@ def run(*args: str | Path, cwd: Path, timeout: int) -> subprocess.CompletedProce
 pytestmark = pytest.mark.xdist_group("benchmarks")
 
 
+def test_this_file_runs_on_one_worker(request: pytest.FixtureRequest) -> None:
+    """With `--dist loadgroup` the group shows in the node id; pytest-xdist 3.8 on pytest 9.2
+    drops it (pytest-dev/pytest-xdist#1386), and every worker would build the fixtures."""
+    if request.config.getoption("loadgroup", default=False):
+        assert request.node.nodeid.endswith("@benchmarks"), "install the test extra's pytest"
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """benchmarks/ in a copy of the repository, after `prepare` on the sample with vectors
