@@ -24,7 +24,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import minibatch
 
-from .annotate_io import AnnotateError, EncodedJSON, Row, require_pyarrow
+from .annotate_io import AnnotateError, Row, require_pyarrow
 
 # The rows per Ray Data block: enough for several batches, few enough to stream.
 _BLOCK_BATCHES = 4
@@ -43,8 +43,7 @@ class Shard(NamedTuple):
 
 
 class Annotated(NamedTuple):
-    """A shard's output records, one per input row in order, and the words annotated. A
-    record's `ents` is a list of dicts, or that list as `EncodedJSON` (from Ray actors)."""
+    """A shard's output records, one per input row in order, and the words annotated."""
 
     shard: Shard
     records: list[dict]
@@ -104,7 +103,7 @@ def doc_ents(doc: Doc, keys: list[str]) -> list[dict[str, Any]]:
 
 
 def assemble(
-    waiting: deque[Shard], results: Iterable[tuple[list[dict] | EncodedJSON, int]]
+    waiting: deque[Shard], results: Iterable[tuple[list[dict], int]]
 ) -> Iterator[Annotated]:
     """Complete shards in order from `results`, one `(ents, words)` per good row in input order.
 
@@ -337,9 +336,8 @@ def _join_cluster(ray: Any, address: str) -> None:
         ) from error
 
 
-def _in_order(dataset: Any, rows: list[int]) -> Iterator[tuple[EncodedJSON, int]]:
-    """The dataset's `(ents, words)` per row, checked to come back in the order sent; `ents`
-    stays the JSON text the actor wrote."""
+def _in_order(dataset: Any, rows: list[int]) -> Iterator[tuple[list[dict], int]]:
+    """The dataset's `(ents, words)` per row, checked to come back in the order sent."""
     position = 0
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         got = batch.column("row").to_pylist()
@@ -347,7 +345,7 @@ def _in_order(dataset: Any, rows: list[int]) -> Iterator[tuple[EncodedJSON, int]
             raise RuntimeError("Ray Data returned rows out of order; preserve_order was lost.")
         position += len(got)
         for ents, words in zip(batch.column("ents").to_pylist(), batch.column("words")):
-            yield EncodedJSON(ents), words.as_py()
+            yield srsly.json_loads(ents), words.as_py()
 
 
 def _connect(ray: Any, workers: int, gpus_per_actor: float) -> bool:

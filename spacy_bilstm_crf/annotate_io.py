@@ -152,25 +152,6 @@ def _parquet_records(path: Path, columns: list[str]) -> Iterator[tuple[dict, Non
             yield record, None
 
 
-class EncodedJSON(str):
-    """A value already encoded as JSON text, such as a row's entities from a Ray actor: a JSONL
-    shard takes it as it is, so that the driver does not decode and encode every row again."""
-
-
-def jsonl_line(record: dict[str, Any]) -> str:
-    """One output record as a JSONL line (newline included), as `srsly.write_jsonl` writes it."""
-    fields = []
-    for key, value in record.items():
-        text = value if isinstance(value, EncodedJSON) else srsly.json_dumps(value)
-        fields.append(f"{srsly.json_dumps(key)}:{text}")
-    return "{" + ",".join(fields) + "}\n"
-
-
-def decoded(value: Any) -> Any:
-    """`value`, decoded first if it is `EncodedJSON`."""
-    return srsly.json_loads(value) if isinstance(value, EncodedJSON) else value
-
-
 def shard_name(index: int, output_format: str) -> str:
     """`part-00000.jsonl`, `part-00001.parquet`, ...: names that sort in row order."""
     return f"part-{index:05d}.{output_format}"
@@ -183,8 +164,7 @@ def write_shard(
     final = folder / name
     temporary = folder / f".{name}.tmp"
     if output_format == "jsonl":
-        with temporary.open("w", encoding="utf8") as lines:
-            lines.writelines(jsonl_line(record) for record in records)
+        srsly.write_jsonl(temporary, records)
     else:
         _write_parquet(temporary, records, scored)
     with temporary.open("rb+") as written:
@@ -210,7 +190,7 @@ def _write_parquet(path: Path, records: list[dict], scored: bool) -> None:
     table = pyarrow.table(
         {
             "id": id_array,
-            "ents": pyarrow.array([decoded(record["ents"]) for record in records], ents_type),
+            "ents": pyarrow.array([record["ents"] for record in records], ents_type),
             "error": pyarrow.array([record["error"] for record in records], pyarrow.string()),
         }
     )

@@ -19,7 +19,7 @@ from spacy.training import Example
 from spacy_bilstm_crf.__main__ import main
 from spacy_bilstm_crf.annotate import AnnotateError, annotate
 from spacy_bilstm_crf.annotate_engines import init_local_ray
-from spacy_bilstm_crf.annotate_io import MANIFEST, EncodedJSON, jsonl_line, read_shard
+from spacy_bilstm_crf.annotate_io import MANIFEST, read_shard
 
 TRAIN_DATA = [
     ("Who is Shaka Khan?", {"entities": [(7, 17, "PERSON")]}),
@@ -202,15 +202,6 @@ def test_bad_rows_keep_their_place(model_dir, tmp_path) -> None:
     for record, ents in zip([records[0], records[6], records[8]], want):
         assert_same_ents(record["ents"], ents)
     assert (summary.rows, summary.errors, summary.shards_written) == (9, 6, 5)
-
-
-def test_jsonl_lines_are_what_srsly_writes_with_or_without_encoded_ents() -> None:
-    ents = [{"start_char": 0, "end_char": 4, "label": "LOC", "score": 0.123456789}]
-    for record in ({"id": "a/b", "ents": ents, "error": None}, {"id": 7, "ents": [], "error": "x"}):
-        expected = srsly.json_dumps(record) + "\n"
-        assert jsonl_line(record) == expected
-        encoded = dict(record, ents=EncodedJSON(srsly.json_dumps(record["ents"])))
-        assert jsonl_line(encoded) == expected
 
 
 def test_long_text_message_has_thousands_separators(tmp_path) -> None:
