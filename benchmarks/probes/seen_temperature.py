@@ -34,11 +34,6 @@ def outcomes(nlp, pipe, path: str, temperature: float, seen: set[str]) -> tuple:
     return tuple(map(numpy.concatenate, (probs, correct, known)))
 
 
-def log_loss(probs: numpy.ndarray, correct: numpy.ndarray) -> float:
-    probs = numpy.clip(probs, 1e-12, 1 - 1e-12)
-    return float(-(correct * numpy.log(probs) + (1 - correct) * numpy.log(1 - probs)).mean())
-
-
 def main(argv: Sequence[str]) -> None:
     model, train, dev, test = argv
     torch.set_num_threads(1)
@@ -55,7 +50,7 @@ def main(argv: Sequence[str]) -> None:
         def loss(t: float) -> float:
             probs, correct, known = runs["dev"][t]
             keep = numpy.ones_like(known) if group is None else known == group
-            return log_loss(probs[keep], correct[keep])
+            return calibration.log_loss(probs[keep], correct[keep])
 
         return min(GRID, key=loss)
 
