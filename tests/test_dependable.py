@@ -17,6 +17,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.util import load_config, registry
+from thinc.api import Adam
 
 from spacy_bilstm_crf import model as bilstm_crf_model
 from spacy_bilstm_crf.parallel import one_intra_op_thread
@@ -128,6 +129,38 @@ def test_a_pickle_payload_in_the_weights_is_refused(
     assert result.returncode != 0
     assert "hold something other than tensors" in result.stderr
     assert not marker.exists()
+
+
+def test_parameter_averages_reach_the_torch_module(tmp_path: Path) -> None:
+    """spaCy evaluates and saves inside `nlp.use_params(optimizer.averages)`: there the torch
+    weights are the optimizer's averages (also in what is saved), and after it the trained
+    weights are back."""
+    torch.manual_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bilstm_crf", name="ner", config={"model": SMALL})
+    examples = [Example.from_dict(nlp.make_doc(t), a) for t, a in TRAIN_DATA]
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01, use_averages=True)
+    for _ in range(10):
+        nlp.update(examples, sgd=optimizer)
+    model = nlp.get_pipe("ner").model
+    module = bilstm_crf_model.torch_module(model)
+    shim = model.get_ref("tagger").layers[0].shims[0]
+    trained = {name: value.clone() for name, value in module.state_dict().items()}
+    averages = {
+        name: torch.as_tensor(optimizer.averages[(shim.id, name)])
+        for name, _ in module.named_parameters()
+    }
+    assert not torch.equal(averages["projection.weight"], trained["projection.weight"])
+    with nlp.use_params(optimizer.averages):
+        for name, value in module.named_parameters():
+            assert torch.equal(value.detach(), averages[name]), name
+        nlp.to_disk(tmp_path / "nlp")
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    loaded = bilstm_crf_model.torch_module(spacy.load(tmp_path / "nlp").get_pipe("ner").model)
+    for name, value in loaded.named_parameters():
+        assert torch.equal(value.detach(), averages[name]), name
 
 
 def test_threads_setting_is_restored_and_applied(saved: Path) -> None:
