@@ -58,12 +58,13 @@ class AveragingShim(PyTorchShim):
         if not state:
             yield
             return
-        backup = {name: value.detach().clone() for name, value in self._model.state_dict().items()}
+        parameters = dict(self._model.named_parameters())
+        backup = {name: parameters[name].detach().clone() for name in state}
         self._model.load_state_dict(state, strict=False)
         try:
             yield
         finally:
-            self._model.load_state_dict(backup)
+            self._model.load_state_dict(backup, strict=False)
 
 
 def load_weights(module: torch.nn.Module, data: bytes, device: torch.device) -> Any:

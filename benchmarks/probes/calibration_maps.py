@@ -21,20 +21,11 @@ from spacy_bilstm_crf import calibration
 GRID = numpy.exp(numpy.linspace(numpy.log(0.8), numpy.log(4.0), 29))
 
 
-def outcomes(nlp, pipe, path: str, temperature: float) -> tuple[numpy.ndarray, numpy.ndarray]:
+def outcomes(nlp, pipe, examples: list, temperature: float) -> tuple[numpy.ndarray, ...]:
     """Probability and correctness of each predicted entity at `temperature`."""
-    examples = calibration.read_examples(nlp, path)
-    docs = calibration._tokenize(nlp, examples)
-    with calibration._settings(pipe, confidence=True, nbest=0, temperature=temperature):
-        predicted = calibration._predict(nlp, examples, docs)
-    probs, correct = [], []
-    for eg in predicted:
-        group = eg.predicted.spans[pipe.cfg["spans_key"]]
-        counted, right, _ = calibration._judge(eg, list(group))
-        scores = numpy.minimum(numpy.asarray(group.attrs["scores"], dtype="float64"), 1.0)
-        probs.append(scores[counted])
-        correct.append(right[counted])
-    return numpy.concatenate(probs), numpy.concatenate(correct)
+    with calibration._settings(pipe, temperature=temperature):
+        found = calibration.entity_outcomes(nlp, examples)
+    return found.probs, found.correct
 
 
 def platt(probs: numpy.ndarray, a: float, b: float) -> numpy.ndarray:
@@ -47,9 +38,13 @@ def main(argv: Sequence[str]) -> None:
     torch.set_num_threads(1)
     nlp = spacy.load(model)
     pipe = calibration.bilstm_crf_component(nlp, "ner")
+    sets = {
+        "dev": calibration.read_examples(nlp, dev),
+        "test": calibration.read_examples(nlp, test),
+    }
     runs = {
-        name: {t: outcomes(nlp, pipe, path, float(t)) for t in GRID}
-        for name, path in (("dev", dev), ("test", test))
+        name: {t: outcomes(nlp, pipe, examples, float(t)) for t in GRID}
+        for name, examples in sets.items()
     }
     ece = calibration.expected_calibration_error
     choices = {
