@@ -4,8 +4,7 @@ Pure PyTorch. The module owns its CRF, so that every trainable tensor (RNN, proj
 transitions, loss weights) lives in one `nn.Module` and is stepped together by whatever
 optimizer wraps it. Variants from the literature are options: a GRU instead of the LSTM, a
 per-token softmax head instead of the CRF, and the CRF loss plus token cross-entropy combined
-with learned uncertainty weights. With `word_pooling`, each state is joined by the mean of
-the states of the tokens with the same word in its sequence (`word_pooling.py`).
+with learned uncertainty weights.
 
 On CPU each direction of each layer runs as its own fused recurrence over length buckets
 (`layout.py`), because the backward pass of torch's packed-sequence RNN on CPU allocates a
@@ -25,7 +24,6 @@ from .crf import CRF
 from .layout import Layout, bucket_layout
 from .parallel import run_tasks
 from .tags import Constraints
-from .word_pooling import group_means
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 HEADS = ("crf", "softmax")
@@ -38,10 +36,8 @@ class BiLSTMTagger(nn.Module):
 
     `forward` takes the tokens of several sequences concatenated, `(N, input_size)`, and their
     lengths (all positive, summing to `N`), and returns emission scores `(N, num_tags)` in the
-    same order. With `word_pooling` it also takes a word id per token, `(N,)`, ids shared
-    only by tokens of the same word in the same sequence. Padding is internal and never
-    reaches the RNN (packed sequences). `loss` and `decode` take the scores padded
-    batch-first, `(B, T, K)`, with a bool mask.
+    same order. Padding is internal and never reaches the RNN (packed sequences). `loss` and
+    `decode` take the scores padded batch-first, `(B, T, K)`, with a bool mask.
     """
 
     def __init__(
@@ -55,7 +51,6 @@ class BiLSTMTagger(nn.Module):
         rnn: str = "lstm",
         head: str = "crf",
         loss: str = "crf",
-        word_pooling: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % 2:
@@ -75,8 +70,7 @@ class BiLSTMTagger(nn.Module):
             batch_first=True,
             dropout=dropout if depth > 1 else 0.0,
         )
-        self.word_pooling = word_pooling
-        self.projection = nn.Linear(hidden_size * (2 if word_pooling else 1), num_tags)
+        self.projection = nn.Linear(hidden_size, num_tags)
         self.crf = CRF(num_tags, allowed)
         # Threads for the independent recurrences of a layer; not saved (the pipe sets it).
         self.threads = 1
@@ -84,14 +78,9 @@ class BiLSTMTagger(nn.Module):
             # The s_i of the uncertainty weighting: L_i counts 0.5 / s_i^2 * L_i + log(1 + s_i^2).
             self.loss_scales = nn.Parameter(torch.ones(2))
 
-    def forward(self, tokens: Tensor, lengths: Tensor, words: Tensor | None = None) -> Tensor:
-        """Emission scores for concatenated sequences; `lengths` is a CPU long tensor, `words`
-        the word ids that `word_pooling` needs."""
-        hidden = self.encode(self.dropout(tokens), lengths)  # shape: (N, H)
-        if self.word_pooling:
-            if words is None:
-                raise ValueError("word_pooling needs a word id per token.")
-            hidden = torch.cat([hidden, group_means(hidden, words)], dim=1)  # shape: (N, 2H)
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Emission scores for concatenated sequences; `lengths` is a CPU long tensor."""
+        hidden = self.encode(self.dropout(tokens), lengths)
         return self.projection(self.dropout(hidden))  # shape: (N, K)
 
     def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:

@@ -2,8 +2,7 @@
 
 Data flow: `tok2vec` (Docs -> token vectors), cut into segments (see `segments.py`), then a
 PyTorch `BiLSTMTagger` behind thinc's `PyTorchWrapper` (vectors -> emission scores per
-segment; with `word_pooling`, also each token's word id within its segment). The CRF lives
-inside that torch module; `tagger_loss`, `tagger_decode`,
+segment). The CRF lives inside that torch module; `tagger_loss`, `tagger_decode`,
 `crf_span_probs`, `tagger_nbest` and `tagger_piece_nbest` are the only code that reaches it,
 so the pipe never does CRF maths. `load_bytes` checks a config given at load time against the
 saved model before loading its weights.
@@ -16,7 +15,6 @@ from typing import Any
 import numpy
 import srsly
 import torch
-from spacy.attrs import LOWER
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, torch2xp, xp2torch
@@ -29,9 +27,6 @@ from .segments import segment_lengths
 from .serialize import torch_wrapper
 from .tags import allowed_transitions
 
-# The tagger's input: the segments' token vectors, and their word ids when it pools by word.
-TaggerInput = tuple[list[Floats2d], numpy.ndarray | None]
-
 
 @registry.architectures("spacy-bilstm-crf.BiLSTMCRF.v1")
 def build_bilstm_crf(
@@ -43,7 +38,6 @@ def build_bilstm_crf(
     rnn: str = "lstm",
     head: str = "crf",
     loss: str = "crf",
-    word_pooling: bool = False,
     nO: int | None = None,
 ) -> Model[list[Doc], list[Floats2d]]:
     """Token vectors from `tok2vec` -> BiLSTM -> emission scores, one array per segment.
@@ -52,12 +46,10 @@ def build_bilstm_crf(
     the rate on its input, between layers and on its output. Docs longer than `max_length`
     tokens are cut at sentence starts (else into windows). Variants: `rnn` "lstm" or "gru";
     `head` "crf" or "softmax" (per-token argmax, no transitions); `loss` "crf" or "crf+ce"
-    (CRF likelihood plus token cross-entropy, with learned uncertainty weights).
-    `word_pooling`: each token's BiLSTM state is joined by the mean of the states of the tokens
-    with the same lowercase form in its segment (document-level context). The tag count
+    (CRF likelihood plus token cross-entropy, with learned uncertainty weights). The tag count
     `nO`, the tag names and the scheme are set by the pipe before `initialize`.
     """
-    tagger: Model[TaggerInput, list[Floats2d]] = Model(
+    tagger: Model[list[Floats2d], list[Floats2d]] = Model(
         "bilstm_tagger",
         _tagger_forward,
         init=_tagger_init,
@@ -69,7 +61,6 @@ def build_bilstm_crf(
             "rnn": rnn,
             "head": head,
             "loss": loss,
-            "word_pooling": word_pooling,
             "tag_names": None,
             "scheme": "BIO",
         },
@@ -144,8 +135,7 @@ def _forward(
         for array, sizes in zip(vectors, lengths)
         for piece in model.ops.unflatten(array, model.ops.asarray1i(sizes))
     ]
-    words = word_ids(docs, lengths) if tagger.attrs["word_pooling"] else None
-    emissions, backprop_emissions = tagger((pieces, words), is_train)
+    emissions, backprop_emissions = tagger(pieces, is_train)
 
     def backprop(d_emissions: list[Floats2d]) -> Any:
         d_pieces = backprop_emissions(d_emissions)
@@ -175,53 +165,36 @@ def _tagger_init(model: Model, X: Any = None, Y: Any = None) -> None:
         rnn=model.attrs["rnn"],
         head=model.attrs["head"],
         loss=model.attrs["loss"],
-        word_pooling=model.attrs["word_pooling"],
     )
     model._layers.append(torch_wrapper(module, _convert_inputs, _convert_outputs))
 
 
-def word_ids(docs: Sequence[Doc], lengths: Sequence[Sequence[int]]) -> numpy.ndarray:
-    """One id per token of the concatenated segments, shared by the tokens of a segment with
-    the same lowercase form and by no others (what `word_pooling` pools over)."""
-    ids, offset = [], 0
-    for doc, sizes in zip(docs, lengths):
-        lower, start = doc.to_array(LOWER), 0
-        for size in sizes:
-            _, local = numpy.unique(lower[start : start + size], return_inverse=True)
-            ids.append(local.reshape(-1) + offset)
-            offset, start = offset + size, start + size
-    return numpy.concatenate(ids) if ids else numpy.zeros(0, dtype="int64")
-
-
 def _tagger_forward(
-    model: Model, inputs: TaggerInput, is_train: bool
+    model: Model, pieces: list[Floats2d], is_train: bool
 ) -> tuple[list[Floats2d], Callable]:
-    if not inputs[0]:
+    if not pieces:
         return [], lambda d_emissions: []
-    return model.layers[0](inputs, is_train)
+    return model.layers[0](pieces, is_train)
 
 
 def _convert_inputs(
-    model: Model, inputs: TaggerInput, is_train: bool
+    model: Model, pieces: list[Floats2d], is_train: bool
 ) -> tuple[ArgsKwargs, Callable[[ArgsKwargs], list[Floats2d]]]:
-    pieces, words = inputs
     sizes = model.ops.asarray1i([len(piece) for piece in pieces])
     device = model.shims[0].device
     tokens = xp2torch(model.ops.flatten(pieces), requires_grad=is_train, device=device)
-    args: tuple = (tokens, torch.as_tensor(sizes.tolist(), dtype=torch.long))
-    if words is not None:
-        args += (torch.as_tensor(words, dtype=torch.long, device=device),)
+    lengths = torch.as_tensor(sizes.tolist(), dtype=torch.long)
 
     def backprop(d_inputs: ArgsKwargs) -> list[Floats2d]:
         return model.ops.unflatten(torch2xp(d_inputs.args[0]), sizes)
 
-    return ArgsKwargs(args=args, kwargs={}), backprop
+    return ArgsKwargs(args=(tokens, lengths), kwargs={}), backprop
 
 
 def _convert_outputs(
-    model: Model, inputs_outputs: tuple[TaggerInput, torch.Tensor], is_train: bool
+    model: Model, inputs_outputs: tuple[list[Floats2d], torch.Tensor], is_train: bool
 ) -> tuple[list[Floats2d], Callable[[list[Floats2d]], ArgsKwargs]]:
-    (pieces, _), scores = inputs_outputs
+    pieces, scores = inputs_outputs
     sizes = model.ops.asarray1i([len(piece) for piece in pieces])
     emissions = model.ops.unflatten(torch2xp(scores), sizes)
 
@@ -244,7 +217,7 @@ def torch_threads(model: Model, threads: int) -> Iterator[None]:
 
 # Settings of the tagger that shape the trained model: a config that changes them at load time
 # contradicts the saved weights.
-MODEL_ATTRS = ("hidden_width", "depth", "rnn", "head", "loss", "word_pooling")
+MODEL_ATTRS = ("hidden_width", "depth", "rnn", "head", "loss")
 # Settings that only act while running: the config's values win over the saved ones.
 RUNTIME_ATTRS = ("max_length", "dropout", "word_dropout", "rate")
 
