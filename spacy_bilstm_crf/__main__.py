@@ -23,6 +23,7 @@ from .calibration import (
     fit_temperature,
     read_examples,
 )
+from .known_entities import training_keys
 
 
 def _add_annotate(commands: argparse._SubParsersAction) -> None:
@@ -100,7 +101,8 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
         help="fit the temperature of a bilstm_crf component's entity probabilities",
         description=(
             "Fit the temperature that makes the entity probabilities of the bilstm_crf "
-            "component of MODEL match how often its entities are right on DEV, print the "
+            "component of MODEL match how often its entities are right on DEV (and one each "
+            "for entities seen among its training entities and new ones), print the "
             "expected calibration error (ECE) before and after on DEV, and write the pipeline "
             "with that temperature to OUTPUT. Entities do not change, only their probabilities."
         ),
@@ -109,6 +111,11 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("dev", help="held-out gold data, a .spacy file (not the training data)")
     parser.add_argument("output", help="the folder to write the calibrated pipeline to")
     parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
+    parser.add_argument(
+        "--train",
+        help="its training data, a .spacy file: for a pipeline saved before components kept "
+        "the keys of their training entities",
+    )
     parser.set_defaults(run=_run_calibrate)
 
 
@@ -119,6 +126,8 @@ def _run_calibrate(args: argparse.Namespace) -> None:
         raise CalibrationError(f"Cannot load the pipeline {args.model!r}: {error}") from None
     pipe = bilstm_crf_component(nlp, args.component)
     examples = read_examples(nlp, args.dev)
+    if args.train is not None:
+        pipe.cfg["known_entities"] = training_keys(read_examples(nlp, args.train))
     before = entity_outcomes(nlp, examples, args.component)
     if not len(before.probs):
         raise CalibrationError(
@@ -132,6 +141,12 @@ def _run_calibrate(args: argparse.Namespace) -> None:
     ece_after = expected_calibration_error(after.probs, after.correct)
     print(f"entities predicted on dev: {len(before.probs):,} ({before.correct.mean():.1%} right)")
     print(f"temperature: {old:.3f} -> {temperature:.3f}")
+    if pipe.cfg["seen_temperature"] is not None:
+        seen, unseen = pipe.cfg["seen_temperature"], pipe.cfg["unseen_temperature"]
+        print(
+            f"entity temperatures: {seen:.3f} for training entities ({after.known.mean():.1%} "
+            f"of these), {unseen:.3f} for new ones"
+        )
     print(f"ECE on dev: {ece_before:.4f} -> {ece_after:.4f} (the fit's own data)")
     nlp.to_disk(args.output)
     print(f"wrote {args.output}")

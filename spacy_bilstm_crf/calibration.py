@@ -2,7 +2,8 @@
 
 Metrics on arrays first (reliability bins, expected calibration error, Brier score, log loss),
 then functions that run a pipeline on gold `Example`s: the outcomes of its predicted entities,
-the temperature that makes them honest (`fit_temperature`), precision and recall when only
+the temperatures that make them honest (`fit_temperature`: one for all entities, and one
+each for entities seen among the training entities and new ones), precision and recall when only
 entities of a given probability are kept, and the F1 an oracle gets from the n best analyses.
 
 An entity is correct exactly when spaCy's NER scorer (`spacy.scorer.get_ner_prf`) would count
@@ -25,6 +26,7 @@ from spacy.scorer import PRFScore, get_ner_prf
 from spacy.tokens import Doc, Span
 from spacy.training import Corpus, Example
 
+from .known_entities import are_known
 from .pipe import BiLSTMCRFTagger
 
 # Probabilities are clipped this far from 0 and 1 in the log loss (float32 CRF scores round
@@ -41,11 +43,13 @@ class CalibrationError(ValueError):
 
 
 class Outcomes(NamedTuple):
-    """Predicted entities, each shape `(E,)`: probability, whether correct, and label."""
+    """Predicted entities, each shape `(E,)`: probability, whether correct, label, and
+    whether its text is among the component's training entities."""
 
     probs: numpy.ndarray
     correct: numpy.ndarray
     labels: numpy.ndarray
+    known: numpy.ndarray
 
 
 class Reliability(NamedTuple):
@@ -174,15 +178,22 @@ def fit_temperature(
     component: str = "ner",
     *,
     bounds: tuple[float, float] = (0.25, 8.0),
+    by_seen: bool = True,
 ) -> float:
     """The temperature in `bounds` that minimises the log loss of the entities' correctness
     given their probabilities on `examples` (held-out data), within 1%.
 
     Each candidate is set as the component's `cfg["temperature"]` and the pipeline re-run:
     a grid with a factor 2 between points, then a golden-section search on log T around its
-    best point. The best temperature is left set on the component. Entities do not depend on
-    the temperature, only their probabilities do. A bound comes back when the optimum lies
-    beyond it (e.g. every entity correct: sharper is always better).
+    best point. The best temperature is left set on the component and returned. Entities do
+    not depend on the temperature, only their probabilities do. A bound comes back when the
+    optimum lies beyond it (e.g. every entity correct: sharper is always better).
+
+    With `by_seen`, when the examples have entities of both groups, the same search also
+    fits `cfg["seen_temperature"]` on the entities whose text is among the component's
+    training entities and `cfg["unseen_temperature"]` on the others, which the component
+    then uses for its entity probabilities: held-out sets differ in their share of new
+    names, which are right less often. Otherwise both are set to None.
     """
     pipe = bilstm_crf_component(nlp, component)
     low, high = bounds
@@ -190,35 +201,60 @@ def fit_temperature(
         raise ValueError(f"bounds must be 0 < low < high, got {bounds}.")
     examples = list(examples)
     docs = _tokenize(nlp, examples)
-    losses: dict[float, float] = {}
+    runs: dict[float, Outcomes] = {}
 
-    def loss(log_t: float) -> float:
-        if log_t not in losses:
-            with _settings(pipe, temperature=math.exp(log_t)):
-                outcomes = _outcomes(nlp, examples, docs, component)
-            if not len(outcomes.probs):
+    def outcomes_at(log_t: float) -> Outcomes:
+        if log_t not in runs:
+            settings = {"seen_temperature": None, "unseen_temperature": None}
+            with _settings(pipe, temperature=math.exp(log_t), **settings):
+                runs[log_t] = _outcomes(nlp, examples, docs, component)
+            if not len(runs[log_t].probs):
                 raise CalibrationError(
                     f"The component {component!r} predicts no entities on these examples: "
                     "there is nothing to fit the temperature to."
                 )
-            losses[log_t] = log_loss(outcomes.probs, outcomes.correct)
-        return losses[log_t]
+        return runs[log_t]
 
-    grid = numpy.linspace(
-        math.log(low), math.log(high), max(3, math.ceil(math.log2(high / low)) + 1)
-    )
-    best = min(range(len(grid)), key=lambda i: loss(float(grid[i])))
+    def best(chosen: Callable[[Outcomes], numpy.ndarray]) -> float:
+        def loss(log_t: float) -> float:
+            outcomes = outcomes_at(log_t)
+            keep = chosen(outcomes)
+            return log_loss(outcomes.probs[keep], outcomes.correct[keep])
+
+        return math.exp(_golden_section(loss, math.log(low), math.log(high)))
+
+    temperature = best(lambda outcomes: numpy.ones(len(outcomes.probs), dtype=bool))
+    seen = unseen = None
+    known = outcomes_at(math.log(temperature)).known
+    if by_seen and known.any() and not known.all():
+        seen = best(lambda outcomes: outcomes.known)
+        unseen = best(lambda outcomes: ~outcomes.known)
+    pipe.cfg.update(temperature=temperature, seen_temperature=seen, unseen_temperature=unseen)
+    return temperature
+
+
+def _golden_section(loss: Callable[[float], float], low: float, high: float) -> float:
+    """The point in [low, high] of least `loss`, within log(1.01): a grid with a factor 2
+    between points, then a golden-section search around its best point; of equal losses, the
+    one nearest 0 (temperature 1)."""
+    values: dict[float, float] = {}
+
+    def cached(x: float) -> float:
+        if x not in values:
+            values[x] = loss(x)
+        return values[x]
+
+    grid = numpy.linspace(low, high, max(3, math.ceil((high - low) / math.log(2)) + 1))
+    best = min(range(len(grid)), key=lambda i: cached(float(grid[i])))
     a, b = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, len(grid) - 1)])
     shrink = (math.sqrt(5) - 1) / 2
     while b - a > math.log(1.01):
         c, d = b - shrink * (b - a), a + shrink * (b - a)
-        if loss(c) <= loss(d):
+        if cached(c) <= cached(d):
             b = d
         else:
             a = c
-    temperature = math.exp(min(losses, key=lambda log_t: (losses[log_t], abs(log_t))))
-    pipe.cfg["temperature"] = temperature
-    return temperature
+    return min(values, key=lambda x: (values[x], abs(x)))
 
 
 def precision_recall_at(
@@ -317,7 +353,7 @@ def _outcomes(nlp: Language, examples: list[Example], docs: list[Doc], component
     with _settings(pipe, confidence=True, nbest=0):
         predicted = _predict(nlp, examples, docs)
     key = pipe.cfg["spans_key"]
-    probs, correct, labels = [], [], []
+    probs, correct, labels, texts = [], [], [], []
     for eg in predicted:
         group = eg.predicted.spans[key]
         counted, right, _ = _judge(eg, list(group))
@@ -326,10 +362,12 @@ def _outcomes(nlp: Language, examples: list[Example], docs: list[Doc], component
         probs.append(scores[counted])
         correct.append(right[counted])
         labels.extend(span.label_ for span, ok in zip(group, counted) if ok)
+        texts.extend(span.text for span, ok in zip(group, counted) if ok)
     return Outcomes(
         numpy.concatenate([numpy.zeros(0), *probs]),
         numpy.concatenate([numpy.zeros(0, dtype=bool), *correct]),
         numpy.asarray(labels, dtype=str),
+        are_known(texts, pipe.cfg["known_entities"]),
     )
 
 

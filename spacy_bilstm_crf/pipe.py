@@ -21,6 +21,7 @@ from thinc.types import Floats2d
 
 from . import model as bilstm_crf_model
 from .gold import UnknownLabelError, gold_tag_ids
+from .known_entities import are_known, training_keys
 from .parallel import default_threads
 from .segments import split_by
 from .spans import Entities, doc_entities, read_entities, set_entities, trim_spaces
@@ -48,7 +49,15 @@ word_dropout = 0.25
 DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
 
 # What the trained model is: read from disk on load, never from the config.
-MODEL_SETTINGS = ("labels", "input_width", "scheme", "temperature")
+MODEL_SETTINGS = (
+    "labels",
+    "input_width",
+    "scheme",
+    "temperature",
+    "seen_temperature",
+    "unseen_temperature",
+    "known_entities",
+)
 
 
 @Language.factory(
@@ -177,8 +186,14 @@ class BiLSTMCRFTagger(TrainablePipe):
             "nbest_unit": nbest_unit,
             "scheme": scheme,
             "threads": threads,
-            # The calibration temperature (see calibration.py): part of the trained model.
+            # The calibration temperatures (see calibration.py): part of the trained model.
+            # `temperature` for n-best analyses, and for entities unless the two below are
+            # set: one for entities among the training entities, one for new ones.
             "temperature": 1.0,
+            "seen_temperature": None,
+            "unseen_temperature": None,
+            # Hashed keys of the training entities' texts (see known_entities.py).
+            "known_entities": [],
         }
         self._pid = os.getpid()
         # Decoded sequences, and those the softmax head got wrong before repair.
@@ -227,7 +242,7 @@ class BiLSTMCRFTagger(TrainablePipe):
             tags = [numpy.concatenate([empty, *doc_paths]) for doc_paths in per_doc]
             probs = None
             if self.cfg["confidence"] or self.cfg["threshold"] > 0:
-                probs = self._span_probs(emissions, segments, paths)
+                probs = self._span_probs(docs, emissions, segments, paths)
             nbest = self._nbest(docs, emissions, segments) if self.cfg["nbest"] else None
         return Predictions(tags, probs, nbest)
 
@@ -366,6 +381,7 @@ class BiLSTMCRFTagger(TrainablePipe):
                 f"[{self.name}] No entity labels found: the training examples have no "
                 "entities and no labels were given (e.g. from `spacy init labels`)."
             )
+        self.cfg["known_entities"] = training_keys(get_examples())
         bilstm_crf_model.set_tags(self.model, self.tag_names, self.cfg["scheme"])
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample or None)
@@ -502,10 +518,14 @@ class BiLSTMCRFTagger(TrainablePipe):
         return pieces
 
     def _span_probs(
-        self, emissions: list[Floats2d], segments: list[list[int]], paths: list[numpy.ndarray]
+        self,
+        docs: list[Doc],
+        emissions: list[Floats2d],
+        segments: list[list[int]],
+        paths: list[numpy.ndarray],
     ) -> list[numpy.ndarray]:
         """Per doc, the CRF probability of each predicted entity, in the order the entities
-        are read from the tags (before whitespace trimming)."""
+        are read from the tags (before whitespace trimming), at the entity's temperature."""
         scheme = self.cfg["scheme"]
         found = [read_entities(path, scheme) for path in paths]
         counts = [len(entities.starts) for entities in found]
@@ -515,11 +535,33 @@ class BiLSTMCRFTagger(TrainablePipe):
         ends = numpy.concatenate([empty, *(entities.ends for entities in found)])
         labels = numpy.concatenate([empty, *(entities.labels for entities in found)])
         tags, after = _span_tags(labels, ends - starts, scheme)
-        probs = bilstm_crf_model.crf_span_probs(
-            self.model, emissions, rows, starts, tags, after, self.cfg["temperature"]
-        )
         docs_of_rows = numpy.repeat(numpy.arange(len(segments)), [len(s) for s in segments])
         owners = docs_of_rows[rows]
+        seen_t, unseen_t = self.cfg["seen_temperature"], self.cfg["unseen_temperature"]
+        if seen_t is None or unseen_t is None:
+            probs = bilstm_crf_model.crf_span_probs(
+                self.model, emissions, rows, starts, tags, after, self.cfg["temperature"]
+            )
+        else:
+            sizes = [numpy.asarray(lengths, dtype="int64") for lengths in segments]
+            offsets = numpy.concatenate(
+                [numpy.zeros(0, dtype="int64")]
+                + [numpy.cumsum(lengths) - lengths for lengths in sizes]
+            )[rows]  # each entity's segment start in its doc
+            texts = (
+                docs[owner][offset + start : offset + end].text
+                for owner, offset, start, end in zip(owners, offsets, starts, ends)
+            )
+            known = are_known(texts, self.cfg["known_entities"])
+            probs = numpy.where(
+                known,
+                bilstm_crf_model.crf_span_probs(
+                    self.model, emissions, rows, starts, tags, after, seen_t
+                ),
+                bilstm_crf_model.crf_span_probs(
+                    self.model, emissions, rows, starts, tags, after, unseen_t
+                ),
+            )
         return [probs[owners == i] for i in range(len(segments))]
 
 

@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
+import srsly
 import torch
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
@@ -22,6 +24,7 @@ from spacy.util import fix_random_seed
 
 from spacy_bilstm_crf import calibration
 from spacy_bilstm_crf.__main__ import main
+from spacy_bilstm_crf.known_entities import are_known, entity_key
 from spacy_bilstm_crf.model import torch_module
 
 TRAIN_DATA = [
@@ -166,7 +169,10 @@ def test_ece_matches_brute_force() -> None:
 
 def test_per_label() -> None:
     outcomes = calibration.Outcomes(
-        numpy.array(PROBS), numpy.array(CORRECT), numpy.array(["B", "A", "B", "A", "A"])
+        numpy.array(PROBS),
+        numpy.array(CORRECT),
+        numpy.array(["B", "A", "B", "A", "A"]),
+        numpy.zeros(5, dtype=bool),
     )
     scores = calibration.per_label(outcomes, calibration.brier_score)
     assert list(scores) == ["A", "B"]
@@ -238,43 +244,120 @@ def test_unknown_or_foreign_component_is_named(trained: Language) -> None:
 # The temperature.
 
 
+UNFITTED = {"temperature": 1.0, "seen_temperature": None, "unseen_temperature": None}
+
+
 def outcomes_at(nlp: Language, examples, temperature: float) -> calibration.Outcomes:
+    """The outcomes with every entity at `temperature`."""
     pipe = nlp.get_pipe("ner")
-    saved = pipe.cfg["temperature"]
-    pipe.cfg["temperature"] = temperature
+    saved = {key: pipe.cfg[key] for key in UNFITTED}
+    pipe.cfg.update(UNFITTED, temperature=temperature)
     try:
         return calibration.entity_outcomes(nlp, examples)
     finally:
-        pipe.cfg["temperature"] = saved
+        pipe.cfg.update(saved)
 
 
 def test_fit_temperature_finds_the_log_loss_minimum(underfit: Language) -> None:
     pipe = underfit.get_pipe("ner")
     examples = examples_for(underfit, HELD_OUT)
+    # It tags only Berlin and Shaka Khan here, both training entities: say that it saw only
+    # Berlin, so that both groups have entities.
+    keys = pipe.cfg["known_entities"]
+    pipe.cfg["known_entities"] = [entity_key("Berlin")]
     try:
         fitted = calibration.fit_temperature(underfit, examples)
         assert pipe.cfg["temperature"] == fitted
+        groups = pipe.cfg["seen_temperature"], pipe.cfg["unseen_temperature"]
+        calibrated = calibration.entity_outcomes(underfit, examples)
+        grid = numpy.geomspace(0.25, 8.0, 141)  # 2.5% apart
+        runs = [outcomes_at(underfit, examples, float(t)) for t in grid]
+        at_fit = outcomes_at(underfit, examples, fitted)
+        at_groups = [outcomes_at(underfit, examples, t) for t in (fitted, *groups)]
     finally:
-        pipe.cfg["temperature"] = 1.0
-    grid = numpy.geomspace(0.25, 8.0, 141)  # 2.5% apart
-    runs = [outcomes_at(underfit, examples, float(t)) for t in grid]
-    losses = [calibration.log_loss(run.probs, run.correct) for run in runs]
-    at_fit = outcomes_at(underfit, examples, fitted)
+        pipe.cfg.update(UNFITTED, known_entities=keys)
     assert 0.25 < fitted < 0.9  # an underfit model is underconfident
-    assert calibration.log_loss(at_fit.probs, at_fit.correct) <= min(losses) + 1e-4
-    assert abs(math.log(fitted / grid[int(numpy.argmin(losses))])) <= math.log(1.025)
+    # The global temperature, then one each for entities seen in training and new ones.
+    assert 0 < at_fit.known.sum() < len(at_fit.known)
+    for chosen, temperature, at_t in zip(
+        (numpy.ones_like(at_fit.known), at_fit.known, ~at_fit.known), (fitted, *groups), at_groups
+    ):
+        losses = [calibration.log_loss(run.probs[chosen], run.correct[chosen]) for run in runs]
+        assert calibration.log_loss(at_t.probs[chosen], at_t.correct[chosen]) <= min(losses) + 1e-4
+        assert abs(math.log(temperature / grid[int(numpy.argmin(losses))])) <= math.log(1.025)
+        # The component gives each entity the probability at its group's temperature.
+        if not chosen.all():
+            assert calibrated.probs[chosen] == pytest.approx(at_t.probs[chosen], rel=1e-6)
+    assert groups[0] != groups[1]
     # The entities, and so what is correct, do not depend on the temperature.
     for run in runs:
         assert run.correct.tolist() == at_fit.correct.tolist()
         assert run.labels.tolist() == at_fit.labels.tolist()
+        assert run.known.tolist() == at_fit.known.tolist()
+
+
+def test_entities_are_known_by_their_training_text(underfit: Language) -> None:
+    keys = underfit.get_pipe("ner").cfg["known_entities"]
+    assert len(keys) == 3  # Shaka Khan, London, Berlin
+    assert keys == sorted(entity_key(text) for text in ("Shaka Khan", "London", "Berlin"))
+    outcomes = calibration.entity_outcomes(underfit, examples_for(underfit, HELD_OUT))
+    predicted = [ent for text, _ in HELD_OUT for ent in underfit(text).ents]
+    expected = [ent.text in ("Shaka Khan", "London", "Berlin") for ent in predicted]
+    assert outcomes.known.tolist() == expected and any(expected)
+    assert are_known(["shaka  KHAN", "Khan", "Berlin "], keys).tolist() == [
+        True,
+        False,
+        True,
+    ]
+
+
+def test_each_entity_gets_its_groups_temperature_in_cut_docs(underfit: Language) -> None:
+    pipe = underfit.get_pipe("ner")
+    texts = [text for text, _ in HELD_OUT] + [" ".join(text for text, _ in HELD_OUT)]
+    saved = dict(pipe.cfg), pipe.model.attrs["max_length"]
+    pipe.model.attrs["max_length"] = 4  # so that entities sit in later segments of a doc
+    pipe.cfg.update(confidence=True, known_entities=[entity_key("Berlin")])
+    try:
+        runs = {}
+        for seen, unseen in ((0.5, 0.5), (2.0, 2.0), (0.5, 2.0)):
+            pipe.cfg.update(seen_temperature=seen, unseen_temperature=unseen)
+            docs = list(underfit.pipe(texts))
+            runs[seen, unseen] = [(doc.spans[KEY], doc.spans[KEY].attrs["scores"]) for doc in docs]
+    finally:
+        pipe.cfg.clear()
+        pipe.cfg.update(saved[0])
+        pipe.model.attrs["max_length"] = saved[1]
+    mixed = [
+        (span.text, score) for group, scores in runs[0.5, 2.0] for span, score in zip(group, scores)
+    ]
+    sharp = [score for _, scores in runs[0.5, 0.5] for score in scores]
+    flat = [score for _, scores in runs[2.0, 2.0] for score in scores]
+    assert {text for text, _ in mixed} >= {"Berlin", "Shaka Khan"}
+    for (text, score), one, other in zip(mixed, sharp, flat):
+        assert score == pytest.approx(one if text == "Berlin" else other, rel=1e-6)
+
+
+def test_fit_without_groups_sets_one_temperature(underfit: Language) -> None:
+    pipe = underfit.get_pipe("ner")
+    examples = examples_for(underfit, HELD_OUT)
+    try:
+        fitted = calibration.fit_temperature(underfit, examples, by_seen=False)
+        assert pipe.cfg["seen_temperature"] is None and pipe.cfg["unseen_temperature"] is None
+        one = calibration.entity_outcomes(underfit, examples)
+    finally:
+        pipe.cfg.update(UNFITTED)
+    assert one.probs.tolist() == pytest.approx(
+        outcomes_at(underfit, examples, fitted).probs.tolist()
+    )
 
 
 def test_fit_temperature_stops_at_a_bound_when_every_entity_is_right(trained: Language) -> None:
     pipe = trained.get_pipe("ner")
     try:
         fitted = calibration.fit_temperature(trained, examples_for(trained, TRAIN_DATA))
+        assert pipe.cfg["seen_temperature"] is None  # every entity was seen in training
     finally:
-        pipe.cfg["temperature"] = 1.0
+        pipe.cfg.update(UNFITTED)
     assert fitted == pytest.approx(0.25)
     with pytest.raises(ValueError, match="bounds"):
         calibration.fit_temperature(trained, examples_for(trained, TRAIN_DATA), bounds=(2, 1))
@@ -292,12 +375,17 @@ def test_temperature_round_trip(underfit: Language, tmp_path: Path) -> None:
         fitted = calibration.fit_temperature(underfit, examples_for(underfit, HELD_OUT))
         pipe.cfg["confidence"] = True
         expected = list(underfit.pipe(texts))
+        fit = {key: pipe.cfg[key] for key in UNFITTED}
+        keys = list(pipe.cfg["known_entities"])
         underfit.to_disk(tmp_path / "nlp")
     finally:
-        pipe.cfg.update(temperature=1.0, confidence=False)
+        pipe.cfg.update(UNFITTED, confidence=False)
     loaded = spacy.load(tmp_path / "nlp", config={"components": {"ner": {"confidence": True}}})
     # spaCy writes the cfg as JSON with 10 significant digits.
     assert loaded.get_pipe("ner").cfg["temperature"] == pytest.approx(fitted, rel=1e-9)
+    for key, value in fit.items():
+        assert loaded.get_pipe("ner").cfg[key] == pytest.approx(value, rel=1e-9)
+    assert loaded.get_pipe("ner").cfg["known_entities"] == keys
     assert fitted != 1.0
     docs = list(loaded.pipe(texts))
     assert [ents(doc) for doc in docs] == [ents(doc) for doc in expected]
@@ -614,6 +702,31 @@ def test_calibrate_command_end_to_end(saved: dict[str, Path]) -> None:
     assert temperature == pytest.approx(fitted, rel=1e-6)
     texts = [text for text, _ in HELD_OUT]
     assert [ents(doc) for doc in calibrated.pipe(texts)] == [ents(doc) for doc in nlp.pipe(texts)]
+
+
+def test_calibrate_command_takes_the_training_entities_of_an_older_pipeline(
+    saved: dict[str, Path],
+) -> None:
+    folder = saved["folder"]
+    older = folder / "older"
+    shutil.copytree(saved["model"], older)
+    cfg = srsly.read_json(older / "ner" / "cfg")
+    del cfg["known_entities"], cfg["seen_temperature"], cfg["unseen_temperature"]
+    srsly.write_json(older / "ner" / "cfg", cfg)
+    assert spacy.load(older).get_pipe("ner").cfg["known_entities"] == []
+    nlp = spacy.blank("en")
+    train = [eg.reference for eg in examples_for(nlp, TRAIN_DATA[1:2])]  # London and Berlin
+    DocBin(docs=train).to_disk(folder / "train.spacy")
+    output = folder / "older-calibrated"
+    command = [sys.executable, "-m", "spacy_bilstm_crf", "calibrate", str(older)]
+    command += [str(saved["dev.spacy"]), str(output), "--train", str(folder / "train.spacy")]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    pipe = spacy.load(output).get_pipe("ner")
+    assert pipe.cfg["known_entities"] == sorted([entity_key("London"), entity_key("Berlin")])
+    seen, unseen = pipe.cfg["seen_temperature"], pipe.cfg["unseen_temperature"]
+    assert f"entity temperatures: {seen:.3f} for training entities" in run.stdout
+    assert seen != unseen
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
 """Calibration report for a trained `bilstm_crf` pipeline, as Markdown and plots.
 
     python benchmarks/scripts/calibration.py MODEL DEV.spacy TEST.spacy --output-dir DIR
-        [--component ner] [--threads N]
+        [--component ner] [--threads N] [--train TRAIN.spacy]
 
 It measures, with `spacy_bilstm_crf.calibration`: the raw expected calibration error (ECE, 15
 bins) and Brier score of the predicted entities on dev and test, overall and per label (raw:
-temperature 1); the temperature fitted on dev only; the same on test after calibration; a
+temperature 1); the temperatures fitted on dev only (one for all entities, one each for
+entities seen in training and new ones); the same on test with one and with two; a
 reliability diagram of test before and after (DIR/reliability.png); precision, recall and F1
 by threshold on test after calibration, with its curve (DIR/pr_curve.png); the n-best oracle
 F1 on test; and the words per second of `nlp.pipe` on the test texts with confidence off,
@@ -41,6 +42,7 @@ from spacy_bilstm_crf.calibration import (
     read_examples,
     reliability,
 )
+from spacy_bilstm_crf.known_entities import training_keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from speed import cpu_model  # noqa: E402
@@ -76,13 +78,13 @@ def calibration_rows(name: str, outcomes: Outcomes) -> list[str]:
     return rows
 
 
-def plot_reliability(before: Outcomes, after: Outcomes, temperature: float, path: Path) -> None:
+def plot_reliability(before: Outcomes, after: Outcomes, fitted: str, path: Path) -> None:
     """Accuracy against mean probability per bin, before and after calibration."""
     figure = Figure(figsize=(10, 4.6))  # no pyplot: no GUI backend is needed
     for axes, outcomes, title in zip(
         figure.subplots(1, 2),
         (before, after),
-        ("raw (T = 1)", f"calibrated (T = {temperature:.3f})"),
+        ("raw (T = 1)", f"calibrated ({fitted})"),
     ):
         table = reliability(outcomes.probs, outcomes.correct, BINS)
         centers = (table.edges[:-1] + table.edges[1:]) / 2
@@ -158,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
     parser.add_argument(
+        "--train",
+        type=Path,
+        help="the training .spacy data, for a pipeline saved before components kept the keys "
+        "of their training entities",
+    )
+    parser.add_argument(
         "--threads", type=int, help="the component's threads setting (default: as saved)"
     )
     args = parser.parse_args(argv)
@@ -165,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nlp = spacy.load(args.model)
         pipe = bilstm_crf_component(nlp, args.component)
         dev, test = read_examples(nlp, args.dev), read_examples(nlp, args.test)
+        if args.train is not None:
+            pipe.cfg["known_entities"] = training_keys(read_examples(nlp, args.train))
     except (CalibrationError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -172,13 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipe.cfg["threads"] = args.threads
     args.output_dir.mkdir(parents=True, exist_ok=True)
     saved_temperature = pipe.cfg["temperature"]
-    pipe.cfg["temperature"] = 1.0
+    pipe.cfg.update(temperature=1.0, seen_temperature=None, unseen_temperature=None)
     raw_dev = entity_outcomes(nlp, dev, args.component)
     raw_test = entity_outcomes(nlp, test, args.component)
     temperature = fit_temperature(nlp, dev, args.component)
+    seen, unseen = pipe.cfg["seen_temperature"], pipe.cfg["unseen_temperature"]
     cal_dev = entity_outcomes(nlp, dev, args.component)
     cal_test = entity_outcomes(nlp, test, args.component)
-    plot_reliability(raw_test, cal_test, temperature, args.output_dir / "reliability.png")
+    pipe.cfg.update(seen_temperature=None, unseen_temperature=None)
+    one_dev = entity_outcomes(nlp, dev, args.component)
+    one_test = entity_outcomes(nlp, test, args.component)
+    pipe.cfg.update(seen_temperature=seen, unseen_temperature=unseen)
+    fitted = f"T = {temperature:.3f}"
+    if seen is not None:
+        fitted = f"T = {seen:.3f} seen, {unseen:.3f} new"
+    plot_reliability(raw_test, cal_test, fitted, args.output_dir / "reliability.png")
     curve_thresholds = sorted(set(numpy.round(numpy.linspace(0, 0.995, 200), 4)) | set(THRESHOLDS))
     curve = precision_recall_at(nlp, test, curve_thresholds, args.component)
     table = [row for row in curve if row.threshold in THRESHOLDS]
@@ -202,12 +220,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"## Calibration (ECE with {BINS} equal bins, the last one holding 1.0)",
         "",
-        f"Temperature fitted on dev (log loss): **{temperature:.3f}**.",
+        f"Temperature fitted on dev (log loss): **{temperature:.3f}** for all entities; "
+        + (
+            f"**{seen:.3f}** for entities among the training entities and **{unseen:.3f}** "
+            "for new ones, which the component uses. "
+            if seen is not None
+            else "the component knows no training entities, so it uses that one. "
+        )
+        + f"New entities: {1 - raw_dev.known.mean():.1%} of the predicted ones on dev, "
+        f"{1 - raw_test.known.mean():.1%} on test.",
         "",
         "| data | label | entities | accuracy | ECE | Brier |",
         "|---|---|---:|---:|---:|---:|",
         *calibration_rows("dev, raw", raw_dev),
         *calibration_rows("test, raw", raw_test),
+        *calibration_rows("dev, one temperature (fit data)", one_dev),
+        *calibration_rows("test, one temperature", one_test),
         *calibration_rows("dev, calibrated (fit data)", cal_dev),
         *calibration_rows("test, calibrated", cal_test),
         "",
