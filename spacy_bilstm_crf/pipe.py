@@ -553,15 +553,18 @@ class BiLSTMCRFTagger(TrainablePipe):
                 for owner, offset, start, end in zip(owners, offsets, starts, ends)
             )
             known = are_known(texts, self.cfg["known_entities"])
-            probs = numpy.where(
-                known,
-                bilstm_crf_model.crf_span_probs(
-                    self.model, emissions, rows, starts, tags, after, seen_t
-                ),
-                bilstm_crf_model.crf_span_probs(
-                    self.model, emissions, rows, starts, tags, after, unseen_t
-                ),
-            )
+            probs = numpy.zeros(len(rows), dtype="float64")
+            for group, temperature in ((known, seen_t), (~known, unseen_t)):
+                if group.any():  # one forward-backward pass per temperature in use
+                    probs[group] = bilstm_crf_model.crf_span_probs(
+                        self.model,
+                        emissions,
+                        rows[group],
+                        starts[group],
+                        tags[group],
+                        after[group],
+                        temperature,
+                    )
         return [probs[owners == i] for i in range(len(segments))]
 
 
