@@ -21,7 +21,8 @@ def outcomes(nlp, pipe, path: str, temperature: float, seen: set[str]) -> tuple:
     """Probability, correctness and seen-ness of each predicted entity at `temperature`."""
     examples = calibration.read_examples(nlp, path)
     docs = calibration._tokenize(nlp, examples)
-    with calibration._settings(pipe, confidence=True, nbest=0, temperature=temperature):
+    every = {"seen_temperature": None, "unseen_temperature": None}  # one T for all entities
+    with calibration._settings(pipe, confidence=True, nbest=0, temperature=temperature, **every):
         predicted = calibration._predict(nlp, examples, docs)
     probs, correct, known = [], [], []
     for eg in predicted:
