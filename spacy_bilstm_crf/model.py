@@ -133,7 +133,9 @@ def _forward(
     pieces = [
         piece
         for array, sizes in zip(vectors, lengths)
-        for piece in model.ops.unflatten(array, model.ops.asarray1i(sizes))
+        for piece in (
+            [array] if len(sizes) == 1 else model.ops.unflatten(array, model.ops.asarray1i(sizes))
+        )
     ]
     emissions, backprop_emissions = tagger(pieces, is_train)
 

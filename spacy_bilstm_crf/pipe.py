@@ -24,7 +24,15 @@ from .gold import UnknownLabelError, gold_tag_ids
 from .known_entities import are_known, training_keys
 from .parallel import default_threads
 from .segments import split_by
-from .spans import Entities, doc_entities, read_entities, set_entities, trim_spaces
+from .spans import (
+    Entities,
+    doc_entities,
+    docs_entities,
+    read_entities,
+    read_sequences,
+    set_entities,
+    trim_spaces,
+)
 from .tags import SCHEMES, restart_tags, tag_names
 
 default_model_config = """
@@ -252,8 +260,8 @@ class BiLSTMCRFTagger(TrainablePipe):
         labels, scheme = self.labels, self.cfg["scheme"]
         threshold = self.cfg["threshold"]
         segments = bilstm_crf_model.doc_segments(self.model, docs)
-        for i, (doc, ids, lengths) in enumerate(zip(docs, predictions.tags, segments)):
-            entities, kept = doc_entities(doc, ids, lengths, scheme)
+        found = docs_entities(docs, predictions.tags, segments, scheme)
+        for i, (doc, (entities, kept)) in enumerate(zip(docs, found)):
             spans = [
                 Span(doc, int(start), int(end), label=labels[label])
                 for start, end, label in zip(*entities)
@@ -527,13 +535,11 @@ class BiLSTMCRFTagger(TrainablePipe):
         """Per doc, the CRF probability of each predicted entity, in the order the entities
         are read from the tags (before whitespace trimming), at the entity's temperature."""
         scheme = self.cfg["scheme"]
-        found = [read_entities(path, scheme) for path in paths]
-        counts = [len(entities.starts) for entities in found]
-        empty = numpy.zeros(0, dtype="int64")
-        rows = numpy.repeat(numpy.arange(len(paths)), counts)
-        starts = numpy.concatenate([empty, *(entities.starts for entities in found)])
-        ends = numpy.concatenate([empty, *(entities.ends for entities in found)])
-        labels = numpy.concatenate([empty, *(entities.labels for entities in found)])
+        sizes = numpy.asarray([len(path) for path in paths], dtype="int64")
+        found = read_sequences(numpy.concatenate([numpy.zeros(0, "int64"), *paths]), sizes, scheme)
+        first = numpy.cumsum(sizes) - sizes  # each segment's offset in the flat tags
+        rows = numpy.searchsorted(first, found.starts, side="right") - 1
+        starts, ends, labels = found.starts - first[rows], found.ends - first[rows], found.labels
         tags, after = _span_tags(labels, ends - starts, scheme)
         docs_of_rows = numpy.repeat(numpy.arange(len(segments)), [len(s) for s in segments])
         owners = docs_of_rows[rows]
