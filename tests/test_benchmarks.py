@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
-from spacy.tokens import Doc, DocBin
+import torch
+from spacy.tokens import Doc
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -164,31 +166,26 @@ def test_seen_unseen_split_counts_exactly() -> None:
     }
 
 
-def test_speed_table_runs_two_pipelines_side_by_side(
-    bench: Path, seed_runs: Path, tmp_path: Path
+def test_speed_command_compares_the_three_systems_and_times_training(
+    bench: Path, seed_runs: Path
 ) -> None:
-    corpus = bench.parent / "corpus" / "wnut17_sample"
-    systems = ("bilstm_crf", "spacy_efficiency")
-    models = [seed_runs / system / "0" / "model-best" for system in systems]
-    pipelines = [f"m{i}={model}" for i, model in enumerate(models)]
-    output = tmp_path / "speed.md"
-    result = run(
-        "scripts/speed_table.py",
-        corpus / "test.spacy",
-        *pipelines,
-        "--threads",
-        "1",
-        "--rounds",
-        "1",
-        "--output",
-        output,
-        cwd=bench,
-        timeout=300,
-    )
+    """The `speed` command: the seeds' bilstm_crf, efficiency recipe and ner.cfg side by side
+    with 1 and 2 threads (peak memory, the CPU's vector instructions), then training steps/s."""
+    args = ["--vars.dataset", "wnut17_sample", "--vars.vectors", "tiny"]
+    result = run("-m", "spacy", "project", "run", "speed", bench, *args, cwd=bench, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    table = output.read_text(encoding="utf-8")
-    assert "| `m0` |" in table and "(1.00x)" in table and "peak RSS" in table
-    assert len(list(DocBin().from_disk(corpus / "test.spacy").get_docs(spacy.blank("en").vocab)))
+    table = (bench / "metrics" / "wnut17_sample" / "speed-tiny.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| `bilstm_crf`",
+        "| `spacy_efficiency`",
+        "| `ner`",
+    ]
+    assert "| 1 thread(s) | 2 thread(s) | peak RSS |" in table and "(1.00x)" in rows[0]
+    assert torch.backends.cpu.get_cpu_capability() in table
+    assert "2 threads against 1: `bilstm_crf`" in table
+    steps = re.findall(r"- ([12]) thread\(s\): ([0-9.]+) steps/s", result.stdout)
+    assert [threads for threads, _ in steps] == ["1", "2"] and all(float(r) > 0 for _, r in steps)
 
 
 def test_vectors_table_cut_keeps_every_key_of_a_kept_row() -> None:
