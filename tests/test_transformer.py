@@ -111,3 +111,28 @@ def test_minilm_vectors_are_written_in_the_training_language(tmp_path: Path, lan
     losses: dict[str, float] = {}
     with_vectors.update(examples, losses=losses)
     assert losses["ner"] > 0
+
+
+@minilm_needed
+def test_minilm_principal_components_keep_the_most_variance(tmp_path: Path) -> None:
+    """`--minilm-width N`: N standardised, uncorrelated linear maps of the full table that keep
+    more of its variance than any N of its own dimensions; a non-MiniLM source is refused."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import vectors as script
+    finally:
+        sys.path.pop(0)
+    words = [token.text for text, _ in TRAIN_DATA for token in spacy.blank("en")(text)]
+    full_words, full = script.minilm_table(words)
+    reduced_words, reduced = script.minilm_table(words, width=32)
+    assert reduced_words == full_words and reduced.shape == (len(full_words), 32)
+    assert numpy.allclose(numpy.cov(reduced, rowvar=False), numpy.eye(32), atol=1e-3)
+    maps, *_ = numpy.linalg.lstsq(full, reduced, rcond=None)
+    assert numpy.allclose(full @ maps, reduced, atol=1e-3)
+    directions = numpy.linalg.qr(maps)[0]
+    kept = float(((full @ directions) ** 2).sum())
+    assert kept > float(numpy.sort((full**2).sum(axis=0))[-32:].sum())
+
+    command = [sys.executable, REPO / "scripts" / "vectors.py", "glove", tmp_path / "out"]
+    result = subprocess.run(command + ["--minilm-width", "32"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--minilm-width needs a MiniLM source" in result.stderr
