@@ -88,7 +88,7 @@ def minilm_table(words: Sequence[str], width: int = 0) -> tuple[list[str], numpy
         _, _, components = numpy.linalg.svd(vectors, full_matrices=False)
         vectors = vectors @ components[:width].T
     vectors /= vectors.std(axis=0) + 1e-6
-    return vocabulary, vectors.astype("float32")
+    return vocabulary, vectors
 
 
 def side_by_side(tables: list[tuple[list[str], numpy.ndarray]]) -> tuple[list[str], numpy.ndarray]:
