@@ -5,6 +5,7 @@
 Rows are the tag a move comes from and columns the tag it goes to, with an extra START row
 (scores for a first tag) and END column (scores for a last tag). Moves that the tag scheme
 forbids, such as O -> I-PER, are grey with a cross. Their scores are never used.
+Without matplotlib (the `project` extra) it says so in one line and draws nothing.
 """
 
 import argparse
@@ -14,8 +15,6 @@ from pathlib import Path
 
 import numpy
 import spacy
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 
 from spacy_bilstm_crf.model import torch_module
 
@@ -55,6 +54,9 @@ def plot(
     output: Path,
 ) -> None:
     """Draw the heatmap with values in the allowed cells and write it to `output`."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
     masked = numpy.ma.masked_array(scores, mask=~allowed)
     limit = float(numpy.abs(masked).max()) if allowed.any() else 1.0
     cmap = colormaps["RdBu_r"].copy()
@@ -91,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="PNG file to write")
     parser.add_argument("--component", default="ner", help="name of the bilstm_crf component")
     args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("plot: skipped, matplotlib is not installed (pip install matplotlib)")
+        return 0
     nlp = spacy.load(args.pipeline)
     rows, columns, scores, allowed = transition_table(nlp, args.component)
     title = f"CRF transitions: {args.pipeline}"

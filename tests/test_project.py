@@ -85,7 +85,6 @@ def test_project_yml_is_valid_and_complete() -> None:
     workflows = config["workflows"]
     assert workflows["all"] == [
         "convert",
-        "vectors",
         "train",
         "evaluate",
         "speed",
@@ -207,25 +206,84 @@ def test_timed_run_interrupts_at_the_budget(tmp_path: Path) -> None:
     assert cleanup.exists()
 
 
+def test_convert_then_train_alone_and_a_short_run_keeps_its_trained_weights(
+    tmp_path: Path,
+) -> None:
+    """`convert` writes all that `train` needs. With `max_steps` under `eval_frequency`, the
+    loop evaluates step 0 and the last step, and `model-best` holds the trained weights."""
+    project = fresh_copy(tmp_path / "project")
+    project_run(project, "convert", "--vars.limit", "60")
+    short = ["--vars.max_steps", "8", "--vars.eval_frequency", "200", "--vars.threads", "1"]
+    result = project_run(project, "train", *short)
+    assert "W112" not in result.stdout + result.stderr
+    assert "train: model-best is the final weights" in result.stdout
+    output = project / "training" / "wnut17_sample" / "bilstm_crf"
+    best, last = output / "model-best", output / "model-last"
+    assert (best / "ner" / "model").read_bytes() == (last / "ner" / "model").read_bytes()
+    assert spacy.util.load_config(best / "config.cfg")["training"]["eval_frequency"] == 8
+
+
+def test_plot_is_skipped_without_matplotlib(tmp_path: Path) -> None:
+    code = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        "sys.argv = ['scripts/plot_transitions.py', 'no-such-model', 'out.png']; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    result = run("-c", code, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "plot: skipped, matplotlib is not installed (pip install matplotlib)"
+    )
+
+
 # The tests that share `fresh` run on one worker, so that it is built once.
 on_fresh = pytest.mark.xdist_group("fresh")
+# The quick start's first command, with a short schedule.
+DEMO_VARS = " ".join([*SHORT, "--vars.limit", "200"])
+
+
+def readme_command(prefix: str) -> str:
+    """The one line of a README code block that starts with `prefix`."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = [line.strip() for line in readme.splitlines() if line.strip().startswith(prefix)]
+    assert len(lines) == 1, f"README should show one `{prefix}...` command, found {lines}"
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh copy of the repository after the README's smoke run of `all`: the shipped
-    sample, a short schedule, no `../shared` beside it."""
+    """A fresh copy of the repository after the README's first command, `make demo`, with a
+    short schedule: its own venv, the shipped sample, no `../shared` beside it."""
     project = fresh_copy(tmp_path_factory.mktemp("clone"))
     assert not (project.parent / "shared").exists()
-    project_run(project, "all", *SHORT, "--vars.limit", "200")
+    assert readme_command("make demo") == "make demo"
+    result = subprocess.run(
+        ["make", "demo", f"DEMO_VARS={DEMO_VARS}"],
+        cwd=project,
+        env={**os.environ, **ONE_THREAD, "VIRTUAL_ENV": ""},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    (project / "demo.log").write_text(result.stdout + result.stderr, encoding="utf-8")
     return project
 
 
 @on_fresh
-def test_smoke_run_of_all_on_a_fresh_copy(fresh: Path) -> None:
+def test_demo_on_a_fresh_copy_trains_evaluates_and_packages(fresh: Path) -> None:
+    assert (fresh / ".venv" / "bin" / "python").is_file()  # its own environment
+    log = (fresh / "demo.log").read_text(encoding="utf-8")
     metrics = fresh / "metrics" / "wnut17_sample"
     scores = json.loads((metrics / "bilstm_crf.json").read_text(encoding="utf-8"))
     assert 0.0 <= scores["ents_f"] <= 1.0
+    assert f"Test F1: {100 * scores['ents_f']:.2f}" in log
+    assert "W112" not in log  # no vectors were asked for: no warning about them
+    assert "Building wheel" not in log and "setuptools" not in log  # package is quiet
+    dist = fresh / "packages" / "en_bilstm_crf_wnut17_sample-0.0.0" / "dist"
+    assert f"pip install {dist.relative_to(fresh)}/*.whl" in log
+    assert "Trained pipeline: training/wnut17_sample/bilstm_crf/model-best" in log
     speed = json.loads((metrics / "bilstm_crf-speed.json").read_text(encoding="utf-8"))
     assert speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0 and speed["threads"] == 1
     png = (metrics / "bilstm_crf-transitions.png").read_bytes()
@@ -234,45 +292,61 @@ def test_smoke_run_of_all_on_a_fresh_copy(fresh: Path) -> None:
     config = spacy.util.load_config(model / "config.cfg")
     assert config["training"]["max_steps"] == 30
     assert config["training"]["optimizer"]["learn_rate"]["total_steps"] == 30
+    assert config["paths"]["vectors"] is None  # vectors: none
     nlp = spacy.load(model)
-    assert nlp.vocab.vectors.shape[0] == 0  # vectors: none
     assert nlp.get_pipe("ner").labels  # trained on the sample's labels
 
 
 @on_fresh
-def test_smoke_package_installs_offline(fresh: Path, tmp_path: Path) -> None:
-    """The built package and the plugin's wheel install with no index, and the package loads."""
-    dist = fresh / "packages" / "en_bilstm_crf_wnut17_sample-0.0.0" / "dist"
-    archive = dist / "en_bilstm_crf_wnut17_sample-0.0.0.tar.gz"
-    assert archive.is_file()
-    wheel_dir = tmp_path / "wheels"
-    build = ["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, REPO]
-    result = run(*build, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    plugin = next(wheel_dir.glob("spacy_bilstm_crf-*.whl"))
-    offline = ["-m", "pip", "install", "--no-index", "--no-build-isolation", "--dry-run"]
-    result = run(*offline, plugin, archive, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Would install en_bilstm_crf_wnut17_sample-0.0.0" in result.stdout
-    target = tmp_path / "site"
-    install = ["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-    result = run(*install, "--target", target, archive, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_packaged_pipeline_installs_in_a_fresh_venv_as_readme_says(
+    fresh: Path, tmp_path: Path
+) -> None:
+    """A venv with only pinned torch, then the README's one command: the pipeline's wheel and
+    the plugin's from the package folder, the rest from the registry. No clone, no index
+    that holds the plugin; the pipeline loads by name, with settings given at load time."""
+    venv = tmp_path / "venv"
+    python = venv / "bin" / "python"
+    torch_line = readme_command("pip install torch==")
+    install = readme_command("pip install packages/")
+    assert install.endswith("/dist/*.whl")
+    name = "en_bilstm_crf_wnut17_sample"
+    dist = fresh / "packages" / f"{name}-0.0.0" / "dist"
+    wheels = sorted(path.name for path in dist.glob("*.whl"))
+    assert wheels == [f"{name}-0.0.0-py3-none-any.whl", "spacy_bilstm_crf-0.1.0-py3-none-any.whl"]
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(python), "-m", *torch_line.split()[:2], "--quiet", *torch_line.split()[2:]],
+        [str(python), "-m", "pip", "install", "--quiet", *map(str, dist.glob("*.whl"))],
+    ]
+    for step in steps:
+        result = subprocess.run(
+            step, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
+        )
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     code = (
-        "import spacy, sys; sys.path.insert(0, sys.argv[1]); "
-        "name = 'en_bilstm_crf_wnut17_sample'; nlp = spacy.load(name); "
-        "doc = nlp('I love Paris .'); "
+        "import spacy, spacy_bilstm_crf; "
+        f"name = {name!r}; nlp = spacy.load(name); doc = nlp('I love Paris .'); "
+        "print(spacy_bilstm_crf.__file__); "
         "print(nlp.pipe_names, nlp.get_pipe('ner').__class__.__name__, len(doc)); "
         "settings = {'confidence': True, 'spans_key': 'xx', 'nbest': 2}; "
         "nlp = spacy.load(name, config={'components': {'ner': settings}}); "
         "doc = nlp('I love Paris .'); "
         "print(sorted(doc.spans), len(doc.spans['xx']) == len(doc.ents))"
     )
-    result = run("-c", code, target, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [str(python), "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD, "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["['ner']", "BiLSTMCRFTagger", "4"]
-    assert lines[1] == "['xx', 'xx_nbest_1', 'xx_nbest_2'] True"  # settings given at load
+    assert str(venv) in lines[0]  # the plugin came from the wheel, not from the clone
+    assert lines[1].split() == ["['ner']", "BiLSTMCRFTagger", "4"]
+    assert lines[2] == "['xx', 'xx_nbest_1', 'xx_nbest_2'] True"  # settings given at load
 
 
 def tiny_vectors(folder: Path) -> Path:

