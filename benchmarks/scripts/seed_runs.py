@@ -16,10 +16,12 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 from spacy.util import load_config
 
-# The project's own scripts (timed_run.py, speed.py) are in scripts/ at the repository's root.
+# The project's own scripts (timed_run.py, train.py, speed.py) are in scripts/ at the
+# repository's root.
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from timed_run import run_timed  # noqa: E402
+from train import keep_last_if_better  # noqa: E402
 
 # What `compare_seeds.py` records next to a run's `model-best`, so that a table is rebuilt
 # without scoring it again.
@@ -50,7 +52,9 @@ def train(
     whether the budget stopped it.
 
     `steps` overrides `[training] max_steps`; `budget` interrupts training after that many
-    seconds, keeping `model-best`. A finished run (its `model-best` and recorded time exist) is
+    seconds, keeping `model-best`. As in the project's `train`, the final weights replace
+    `model-best` when they score higher on dev (a run the budget stops ends off the
+    evaluation grid). A finished run (its `model-best` and recorded time exist) is
     not trained again, so that an interrupted series resumes where it stopped; training again
     removes the scores and speed recorded for the old `model-best`.
     """
@@ -71,8 +75,9 @@ def train(
     for key, value in (overrides or {}).items():
         command += [f"--{key}", value]
     run = run_timed(command, threads, budget)
-    if run.status != 0 or not (output / "model-best").exists():
+    if run.status != 0 or not (output / "model-last").exists():
         raise SystemExit(f"training failed ({run.status}): {' '.join(command)}")
+    print(f"{output}: {keep_last_if_better(output, short=False)}")
     record.write_text(json.dumps({"seconds": run.seconds, "stopped": run.stopped}), encoding="utf8")
     return run.seconds, run.stopped
 
