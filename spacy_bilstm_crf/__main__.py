@@ -1,8 +1,11 @@
 """`python -m spacy_bilstm_crf COMMAND ...`: the package's commands, `annotate` and `calibrate`."""
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 import spacy
 
@@ -11,9 +14,11 @@ from .annotate import (
     DEFAULT_SHARD_SIZE,
     ENGINES,
     AnnotateError,
+    Interrupted,
     ShardReport,
     annotate,
 )
+from .annotate_engines import ignore_signal
 from .annotate_io import FORMATS
 from .calibration import (
     CalibrationError,
@@ -24,6 +29,9 @@ from .calibration import (
     read_examples,
 )
 from .known_entities import training_keys
+
+# The signals that stop `annotate` cleanly: Ctrl-C, and `kill`'s default.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _add_annotate(commands: argparse._SubParsersAction) -> None:
@@ -43,7 +51,9 @@ def _add_annotate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="the output folder (created if missing)")
     parser.add_argument("--text-column", default="text", help="the texts' column (text)")
     parser.add_argument(
-        "--id-column", default="id", help="the ids' column (id); row numbers where absent"
+        "--id-column",
+        help="the ids' column (default: id, and row numbers for rows without one); a column "
+        "named here must be in the first rows",
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument(
@@ -61,6 +71,18 @@ def _add_annotate(commands: argparse._SubParsersAction) -> None:
         "--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (0: one CPU each)"
     )
     parser.add_argument(
+        "--confidence",
+        action=argparse.BooleanOptionalAction,
+        help="write each bilstm_crf entity's probability as its score (default: as the "
+        "pipeline's config says)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="drop bilstm_crf entities whose probability is below this (0 to 1); turns "
+        "--confidence on unless --no-confidence",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace the output of another run in OUTPUT"
     )
     parser.add_argument("--quiet", action="store_true", help="no line per shard written")
@@ -76,23 +98,51 @@ def _run_annotate(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    summary = annotate(
-        args.model,
-        args.input,
-        args.output,
-        text_column=args.text_column,
-        id_column=args.id_column,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        engine=args.engine,
-        output_format=args.output_format,
-        shard_size=args.shard_size,
-        max_chars=args.max_chars,
-        gpus_per_actor=args.gpus_per_actor,
-        overwrite=args.overwrite,
-        on_shard=None if args.quiet else progress,
-    )
+    with _signals_interrupt():
+        summary = annotate(
+            args.model,
+            args.input,
+            args.output,
+            text_column=args.text_column,
+            id_column=args.id_column,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            engine=args.engine,
+            output_format=args.output_format,
+            shard_size=args.shard_size,
+            max_chars=args.max_chars,
+            gpus_per_actor=args.gpus_per_actor,
+            confidence=args.confidence,
+            threshold=args.threshold,
+            overwrite=args.overwrite,
+            on_shard=None if args.quiet else progress,
+        )
     print(summary)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Inside the block, the first SIGINT or SIGTERM raises `Interrupted` with its number and
+    turns both off, so that a second Ctrl-C cannot break into the clean-up that follows. Once
+    `Interrupted` leaves the block (after the clean-up), both are ignored outright: Python
+    resets the handlers of Python functions to the default on its way out, and a late Ctrl-C
+    would then kill the process instead of letting it exit with 130."""
+
+    def stop(number: int, frame: FrameType | None) -> None:
+        for each in STOP_SIGNALS:
+            signal.signal(each, ignore_signal)
+        raise Interrupted(number)
+
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    handlers = previous
+    try:
+        yield
+    except Interrupted:
+        handlers = dict.fromkeys(STOP_SIGNALS, signal.SIG_IGN)
+        raise
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 def _add_calibrate(commands: argparse._SubParsersAction) -> None:
@@ -164,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AnnotateError, CalibrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

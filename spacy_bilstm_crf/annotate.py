@@ -11,12 +11,15 @@ Order: output rows follow input rows; shard `i` holds input rows
 `[i * shard_size, (i + 1) * shard_size)`, in order. Rows that cannot be annotated keep their
 place, with `ents: []` and the reason in `error`. A rerun skips the shards the manifest lists
 as complete, so a killed run resumes where it stopped; a rerun with another input or other
-settings is refused unless told to overwrite.
+settings is refused unless told to overwrite. An interrupted run (Ctrl-C, or SIGTERM from the
+command line) stops its workers and raises `Interrupted`, which says how far it got.
 
 Run `python -m spacy_bilstm_crf annotate MODEL INPUT OUTPUT [options]`.
 """
 
+import contextlib
 import hashlib
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,10 +52,11 @@ from .annotate_io import (
 )
 
 ENGINES = ("local", "ray")
+DEFAULT_ID_COLUMN = "id"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_SHARD_SIZE = 10_000
 
-__all__ = ["AnnotateError", "ShardReport", "Summary", "annotate"]
+__all__ = ["AnnotateError", "Interrupted", "ShardReport", "Summary", "annotate"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class ShardReport:
 
 @dataclass
 class Summary:
-    """What a run did: rows and error rows written, shards written and skipped, the time."""
+    """What a run did: rows, error rows and words written, shards written, the time; and the
+    complete shards it found from earlier runs (skipped), with their rows and error rows."""
 
     output: Path
     rows: int = 0
@@ -79,6 +84,21 @@ class Summary:
     shards_skipped: int = 0
     seconds: float = 0.0
     first_shard_seconds: float | None = None
+    earlier_rows: int = 0
+    earlier_errors: int = 0
+
+    @property
+    def total_rows(self) -> int:
+        """Rows in the output's complete shards, from this run and earlier ones."""
+        return self.earlier_rows + self.rows
+
+    @property
+    def total_errors(self) -> int:
+        return self.earlier_errors + self.errors
+
+    @property
+    def total_shards(self) -> int:
+        return self.shards_skipped + self.shards_written
 
     @property
     def texts_per_second(self) -> float:
@@ -89,11 +109,53 @@ class Summary:
         return self.words / self.seconds if self.seconds else 0.0
 
     def __str__(self) -> str:
-        return (
-            f"{self.rows:,} rows ({self.errors:,} errors) to {self.output}: "
-            f"{self.shards_written:,} shards written, {self.shards_skipped:,} skipped, "
+        """The dataset's totals, then what this run did (and what earlier runs did)."""
+        total = (
+            f"{self.total_rows:,} rows ({self.total_errors:,} errors) in "
+            f"{_count(self.total_shards, 'shard')} in {self.output}"
+        )
+        speed = (
             f"{self.seconds:.1f} s, {self.texts_per_second:,.0f} texts/s, "
             f"{self.words_per_second:,.0f} words/s"
+        )
+        if not self.shards_skipped:
+            return f"{total}: {speed}"
+        earlier = (
+            f"{self.earlier_rows:,} rows ({self.earlier_errors:,} errors) in "
+            f"{_count(self.shards_skipped, 'shard')} from earlier runs"
+        )
+        now = (
+            f"{self.rows:,} rows ({self.errors:,} errors) in "
+            f"{_count(self.shards_written, 'shard')} written now"
+        )
+        return f"{total}: {earlier}, {now}, {speed}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM; its message says how far it got.
+
+    The command line's signal handlers raise it with the signal's number, and `annotate`
+    raises it again with its `Summary` (None before the output folder was opened), after its
+    workers have stopped. `exit_code` is the shell's 128 + the signal's number.
+    """
+
+    def __init__(self, signal_number: int = signal.SIGINT, summary: Summary | None = None):
+        super().__init__(signal_number, summary)
+        self.signal_number = signal_number
+        self.summary = summary
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal_number
+
+    def __str__(self) -> str:
+        again = "run the same command again to resume"
+        if self.summary is None:  # before the output was opened, or after the run's end
+            return f"interrupted; {again}"
+        shards = _count(self.summary.total_shards, "complete shard")
+        return (
+            f"interrupted: {self.summary.total_rows:,} of the input's rows done "
+            f"({shards} in {self.summary.output}); {again}"
         )
 
 
@@ -103,7 +165,7 @@ def annotate(
     output_dir: str | Path,
     *,
     text_column: str = "text",
-    id_column: str = "id",
+    id_column: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 1,
     engine: str = "local",
@@ -111,6 +173,8 @@ def annotate(
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_chars: int | None = None,
     gpus_per_actor: float = 0.0,
+    confidence: bool | None = None,
+    threshold: float | None = None,
     overwrite: bool = False,
     on_shard: Callable[[ShardReport], None] | None = None,
 ) -> Summary:
@@ -118,66 +182,120 @@ def annotate(
 
     `model`: a pipeline folder or an installed package, for `spacy.load` (with Ray on a
     cluster, a folder at the same path on every node, or a package installed on each).
-    `workers`: processes that each load the pipeline once and run `nlp.pipe` (local; more than
-    one are spawned, so a script calling this needs `if __name__ == "__main__":`), or Ray
-    actors (one CPU each, or `gpus_per_actor` GPUs). `max_chars`: longer texts are error rows
-    (default: the pipeline's `nlp.max_length`). `on_shard` is called after each shard is
-    written. Raises `AnnotateError` on bad settings, before any work.
+    `id_column`: the ids' field; by default "id", or the row number where a row has none (a
+    column named here must be in the first rows). `workers`: processes that each load the
+    pipeline once and run `nlp.pipe` (local; more than one are spawned, so a script calling
+    this needs `if __name__ == "__main__":`), or Ray actors (one CPU each, or
+    `gpus_per_actor` GPUs). `max_chars`: longer texts are error rows (default: the
+    pipeline's `nlp.max_length`). `confidence`, `threshold`: set on the pipeline's
+    `bilstm_crf` components when given (a threshold turns confidence on unless it is False).
+    `on_shard` is called after each shard is written.
+
+    Raises `AnnotateError` on bad settings, before any work, and `Interrupted` (a
+    KeyboardInterrupt) when interrupted, once the workers have stopped; the complete shards
+    are kept, and a rerun resumes.
     """
     start = time.perf_counter()
     _check_settings(
         batch_size, workers, shard_size, max_chars, engine, output_format, gpus_per_actor
     )
-    input_path = Path(input_path)
-    output_dir = Path(output_dir)
-    kind = check_input(input_path, text_column)
-    if output_format == "parquet":
-        require_pyarrow("Parquet output")
-    if engine == "ray":
-        require_ray()
-    model = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
-    nlp = load_pipeline(model, max_chars)
-    max_chars = max_chars or nlp.max_length
-    settings = {
+    pipe_settings = _pipe_settings(confidence, threshold)
+    summary: Summary | None = None
+    try:
+        input_path, output_dir = Path(input_path), Path(output_dir)
+        kind = check_input(input_path, text_column, id_column)
+        if output_format == "parquet":
+            require_pyarrow("Parquet output")
+        if engine == "ray":
+            require_ray()
+        model = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
+        nlp = load_pipeline(model, max_chars, settings=pipe_settings)
+        max_chars = max_chars or nlp.max_length
+        settings = _run_settings(
+            model, text_column, id_column, output_format, shard_size, max_chars, pipe_settings
+        )
+        manifest = Manifest.open(output_dir, input_fingerprint(input_path), settings, overwrite)
+        summary = Summary(output_dir)
+        scored = bool(score_keys(nlp))
+        rows = read_rows(input_path, kind, text_column, settings["id_column"], max_chars)
+        shards = _pending(rows, shard_size, output_format, manifest, summary)
+        common = {"batch_size": batch_size, "workers": workers, "max_chars": max_chars}
+        if engine == "local":
+            done = local_engine(nlp, shards, model=model, settings=pipe_settings, **common)
+        else:
+            del nlp  # the actors load their own
+            done = ray_engine(
+                model, shards, gpus_per_actor=gpus_per_actor, settings=pipe_settings, **common
+            )
+        with contextlib.closing(done):  # an interrupted engine stops its workers first
+            for annotated in done:
+                report = _write(annotated, output_dir, output_format, scored, manifest, start)
+                _add(summary, report)
+                if on_shard is not None:
+                    on_shard(report)
+        manifest.finish()
+        summary.seconds = time.perf_counter() - start
+        return summary
+    except KeyboardInterrupt as error:
+        raise Interrupted(getattr(error, "signal_number", signal.SIGINT), summary) from None
+
+
+def _run_settings(
+    model: str,
+    text_column: str,
+    id_column: str | None,
+    output_format: str,
+    shard_size: int,
+    max_chars: int,
+    pipe_settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The settings that change the output, for the manifest: a rerun with others is refused."""
+    return {
         **_model_identity(model),
         "text_column": text_column,
-        "id_column": id_column,
+        "id_column": id_column or DEFAULT_ID_COLUMN,
         "format": output_format,
         "shard_size": shard_size,
         "max_chars": max_chars,
+        "confidence": pipe_settings.get("confidence"),
+        "threshold": pipe_settings.get("threshold"),
     }
-    manifest = Manifest.open(output_dir, input_fingerprint(input_path), settings, overwrite)
-    scored = bool(score_keys(nlp))
-    summary = Summary(output_dir)
-    rows = read_rows(input_path, kind, text_column, id_column, max_chars)
-    shards = _pending(rows, shard_size, output_format, manifest, summary)
-    if engine == "local":
-        done = local_engine(
-            nlp, shards, model=model, max_chars=max_chars, batch_size=batch_size, workers=workers
-        )
-    else:
-        del nlp  # the actors load their own
-        done = ray_engine(
-            model,
-            shards,
-            batch_size=batch_size,
-            workers=workers,
-            max_chars=max_chars,
-            gpus_per_actor=gpus_per_actor,
-        )
-    for annotated in done:
-        report = _write(annotated, output_dir, output_format, scored, manifest, start)
-        summary.rows += report.rows
-        summary.errors += report.errors
-        summary.words += report.words
-        summary.shards_written += 1
-        if summary.first_shard_seconds is None:
-            summary.first_shard_seconds = report.elapsed
-        if on_shard is not None:
-            on_shard(report)
-    manifest.finish()
-    summary.seconds = time.perf_counter() - start
-    return summary
+
+
+def _count(number: int, noun: str) -> str:
+    """`1 shard`, `2 shards`."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _pipe_settings(confidence: bool | None, threshold: float | None) -> dict[str, Any]:
+    """The `bilstm_crf` settings given: `confidence` and `threshold`, the first on when the
+    second is above 0 and confidence is not turned off; an error for values they cannot take."""
+    settings: dict[str, Any] = {}
+    if confidence is not None:
+        if not isinstance(confidence, bool):
+            raise AnnotateError(
+                f"confidence (--confidence) must be True or False, got {confidence!r}."
+            )
+        settings["confidence"] = confidence
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise AnnotateError(f"threshold (--threshold) must be a number, got {threshold!r}.")
+        if not 0.0 <= threshold <= 1.0:
+            raise AnnotateError(f"threshold (--threshold) must be in [0, 1], got {threshold!r}.")
+        settings["threshold"] = float(threshold)
+        if threshold > 0:
+            settings.setdefault("confidence", True)
+    return settings
+
+
+def _add(summary: Summary, report: ShardReport) -> None:
+    """Count a shard written in `summary`."""
+    summary.rows += report.rows
+    summary.errors += report.errors
+    summary.words += report.words
+    summary.shards_written += 1
+    if summary.first_shard_seconds is None:
+        summary.first_shard_seconds = report.elapsed
 
 
 def _check_settings(
@@ -230,10 +348,15 @@ def _model_identity(model: str) -> dict[str, Any]:
 def _pending(
     rows: Iterator[Row], shard_size: int, output_format: str, manifest: Manifest, summary: Summary
 ) -> Iterator[Shard]:
-    """The input's shards that the manifest does not list as complete, counting the others."""
+    """The input's shards that the manifest does not list as complete, counting the others
+    (and their rows) in `summary`."""
     for index, batch in enumerate(minibatch(rows, size=shard_size)):
-        if manifest.is_done(shard_name(index, output_format)):
+        name = shard_name(index, output_format)
+        if manifest.is_done(name):
+            rows_done, errors = manifest.counts(name)
             summary.shards_skipped += 1
+            summary.earlier_rows += rows_done
+            summary.earlier_errors += errors
         else:
             yield Shard(index, index * shard_size, list(batch))
 

@@ -6,15 +6,20 @@ fills the error rows in between. Ray is imported only when the Ray engine runs, 
 engine works without it.
 """
 
-import functools
 import multiprocessing
 import os
+import queue
+import signal
 import sys
+import threading
+import time
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 import spacy
@@ -30,6 +35,11 @@ from .annotate_io import AnnotateError, Row, require_pyarrow
 _BLOCK_BATCHES = 4
 # Batches in flight per local worker process.
 _IN_FLIGHT = 4
+# Seconds a worker waits for work before it checks that its parent is still there, and the
+# main process waits for an answer before it checks that the workers are.
+_PARENT_POLL = 0.5
+# Seconds stopping workers get to exit, after being told and again after SIGTERM.
+_STOP_GRACE = 2.0
 # Ray's switch for its single-machine mode, in which a local cluster binds to loopback only.
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -51,29 +61,44 @@ class Annotated(NamedTuple):
 
 
 def load_pipeline(
-    model: str | Path, max_chars: int | None = None, threads: int | None = None
+    model: str | Path,
+    max_chars: int | None = None,
+    threads: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Language:
     """`spacy.load(model)`, with `nlp.max_length` raised to `max_chars` where that is more,
-    and the `bilstm_crf` components on `threads` threads when given (a worker or actor that
-    shares the machine with others uses one)."""
+    the `bilstm_crf` components on `threads` threads when given (a worker or actor that
+    shares the machine with others uses one), and `settings` (e.g. `confidence`,
+    `threshold`) set on each of them: an error if there is none to set them on."""
     try:
         nlp = spacy.load(model)
     except (OSError, ValueError) as error:
         raise AnnotateError(f"Cannot load the pipeline {str(model)!r}: {error}") from error
     if max_chars is not None and max_chars > nlp.max_length:
         nlp.max_length = max_chars
-    if threads is not None:
-        for name in nlp.pipe_names:
-            if nlp.get_pipe_meta(name).factory == "bilstm_crf":
-                nlp.get_pipe(name).cfg["threads"] = threads
+    ours = [nlp.get_pipe(name) for name in nlp.pipe_names if _is_ours(nlp, name)]
+    if settings and not ours:
+        options = ", ".join(f"--{key}" for key in settings)
+        raise AnnotateError(
+            f"The pipeline {str(model)!r} has no bilstm_crf component ({options} set "
+            f"its settings); its components: {nlp.pipe_names}."
+        )
+    for pipe in ours:
+        pipe.cfg.update(settings or {})
+        if threads is not None:
+            pipe.cfg["threads"] = threads
     return nlp
+
+
+def _is_ours(nlp: Language, name: str) -> bool:
+    return nlp.get_pipe_meta(name).factory == "bilstm_crf"
 
 
 def score_keys(nlp: Language) -> list[str]:
     """The `doc.spans` keys where `bilstm_crf` components with `confidence` put their scores."""
     keys = []
     for name in nlp.pipe_names:
-        if nlp.get_pipe_meta(name).factory == "bilstm_crf":
+        if _is_ours(nlp, name):
             cfg = nlp.get_pipe(name).cfg
             if cfg.get("confidence"):
                 keys.append(cfg["spans_key"])
@@ -147,13 +172,16 @@ def local_engine(
     max_chars: int,
     batch_size: int,
     workers: int,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[Annotated]:
     """`nlp.pipe` over every shard's good texts: in this process for one worker, else in
-    `workers` processes that each load `model` once and send back only the entities.
+    `workers` processes that each load `model` (with `settings`) once and send back only the
+    entities.
 
     Not `nlp.pipe(n_process=...)`: that sends every Doc back as bytes, and this process then
     spends milliseconds per Doc in `Doc.from_bytes` (srsly looks its msgpack hooks up in
-    spaCy's whole registry for each call), which caps it at a few hundred docs/s.
+    spaCy's whole registry for each call), which caps it at a few hundred docs/s. Closing
+    the iterator (or an exception in it, such as KeyboardInterrupt) stops the workers.
     """
     waiting: deque[Shard] = deque()
 
@@ -167,45 +195,199 @@ def local_engine(
     if workers == 1:
         keys = score_keys(nlp)
         docs = nlp.pipe(texts(), batch_size=batch_size)
-        results: Iterable[tuple[list[dict], int]] = (
-            (doc_ents(doc, keys), len(doc)) for doc in docs
-        )
-    else:
-        results = _pool_results(texts(), model, max_chars, batch_size, workers)
-    yield from assemble(waiting, results)
+        yield from assemble(waiting, ((doc_ents(doc, keys), len(doc)) for doc in docs))
+        return
+    pool = WorkerPool(workers, (model, max_chars, batch_size, settings))
+    try:
+        yield from assemble(waiting, pool.results(texts(), batch_size))
+    finally:
+        pool.stop()
 
 
-def _pool_results(
-    texts: Iterator[str], model: str, max_chars: int, batch_size: int, workers: int
-) -> Iterator[tuple[list[dict], int]]:
-    """`(ents, words)` per text, in order, from spawned worker processes; a few batches per
-    worker in flight, so that the input is read as fast as it is annotated, no faster."""
-    context = multiprocessing.get_context("spawn")
-    in_flight: deque[Future] = deque()
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+class WorkerPool:
+    """Spawned processes that each load the pipeline once, then annotate batches of texts
+    from one queue; results come back in the order the batches went in.
+
+    Only the main process handles SIGINT: a terminal's Ctrl-C reaches the whole process
+    group, and the workers ignore it, so that the main process decides how to stop. The
+    workers never outlive it: `stop` ends them (a grace period, then SIGKILL), and a worker
+    whose parent is gone (killed with SIGKILL, say) exits by itself within `_PARENT_POLL`
+    seconds of waiting for work. Not a `ProcessPoolExecutor`: its workers block in
+    `Queue.get` with SIGINT on, and its exit handler waits for them, so that an interrupted
+    run printed tracebacks or hung.
+    """
+
+    def __init__(self, workers: int, load: tuple) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.tasks = context.Queue()
+        self.answers = context.Queue()
+        self.finished = False
+        # Not joined at exit: after an interrupt, tasks may be left in a pipe that no process
+        # reads any more.
+        self.tasks.cancel_join_thread()
+        self.processes = [
+            context.Process(
+                target=_worker_main,
+                args=(self.tasks, self.answers, load, os.getpid()),
+                name=f"annotate-worker-{number}",
+                daemon=True,
+            )
+            for number in range(workers)
+        ]
+        # The children start with SIGINT blocked (they inherit the mask), and ignore it
+        # before they unblock it: a Ctrl-C during their start-up reaches this process only.
+        with _blocked(signal.SIGINT):
+            for process in self.processes:
+                process.start()
+
+    def results(self, texts: Iterator[str], batch_size: int) -> Iterator[tuple[list[dict], int]]:
+        """`(ents, words)` per text, in order; a few batches per worker in flight, so that the
+        input is read as fast as it is annotated, no faster."""
+        early: dict[int, list] = {}
+        sent = received = 0
         for batch in minibatch(texts, size=batch_size):
-            in_flight.append(pool.submit(_annotate_batch, batch, model, max_chars, batch_size))
-            if len(in_flight) >= workers * _IN_FLIGHT:
-                yield from in_flight.popleft().result()
-        while in_flight:
-            yield from in_flight.popleft().result()
+            self.tasks.put((sent, batch))
+            sent += 1
+            if sent - received >= len(self.processes) * _IN_FLIGHT:
+                yield from self._answer(received, early)
+                received += 1
+        for number in range(received, sent):
+            yield from self._answer(number, early)
+        self.finished = True
+
+    def _answer(self, number: int, early: dict[int, list]) -> list[tuple[list[dict], int]]:
+        """The results of batch `number`, keeping those of later batches that come first; an
+        error if a worker failed or died."""
+        while number not in early:
+            try:
+                got, results, failure = self.answers.get(timeout=_PARENT_POLL)
+            except queue.Empty:
+                self._check_alive()
+                continue
+            if failure is not None:
+                raise failure
+            early[got] = results
+        return early.pop(number)
+
+    def _check_alive(self) -> None:
+        for process in self.processes:
+            if process.exitcode is not None:
+                raise RuntimeError(
+                    f"The annotator's worker process {process.name} died "
+                    f"(exit code {process.exitcode}); rerun the command to resume."
+                )
+
+    def stop(self) -> None:
+        """End every worker: idle ones (after the last answer) by telling them, busy ones
+        (after an interrupt or an error) at once with SIGTERM, and SIGKILL for any still there
+        after a grace period. SIGINT and SIGTERM are ignored meanwhile (in the main thread), so
+        that a second Ctrl-C cannot cut this short and leave workers behind."""
+        with _ignored(signal.SIGINT, signal.SIGTERM):
+            if self.finished:
+                for _ in self.processes:
+                    self.tasks.put(None)
+                _join_all(self.processes, _STOP_GRACE)
+            for process in self.processes:
+                if process.is_alive():
+                    process.terminate()
+            _join_all(self.processes, _STOP_GRACE)
+            for process in self.processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+            self.tasks.close()
+            self.answers.close()
 
 
-@functools.cache
-def _worker_pipeline(model: str, max_chars: int) -> Language:
-    """A worker process's pipeline, loaded once, on its first batch, with one torch thread
-    (as Ray gives each actor one CPU): more threads than cores only wait for each other."""
-    torch.set_num_threads(1)
-    return load_pipeline(model, max_chars, threads=1)
+def _join_all(processes: list[multiprocessing.process.BaseProcess], seconds: float) -> None:
+    """Wait up to `seconds` in all for `processes` to end."""
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _annotate_batch(
-    texts: list[str], model: str, max_chars: int, batch_size: int
-) -> list[tuple[list[dict], int]]:
-    """In a worker: the entity records and word count of each text."""
-    nlp = _worker_pipeline(model, max_chars)
+@contextmanager
+def _blocked(*signals: int) -> Iterator[None]:
+    """Block `signals` in this thread inside the block; pending ones arrive after it."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_signal(number: int, frame: FrameType | None) -> None:
+    """A signal handler that does nothing. Unlike SIG_IGN, it takes a signal that came just
+    before it was set without Python printing "Signal N ignored due to race condition"."""
+
+
+@contextmanager
+def _ignored(*signals: int) -> Iterator[None]:
+    """Ignore `signals` inside the block, where this is the main thread (elsewhere Python
+    delivers none); their handlers are restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, ignore_signal) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _worker_main(tasks: Any, answers: Any, load: tuple, parent: int) -> None:
+    """A worker process: load the pipeline, then answer `(number, texts)` tasks with
+    `(number, results, None)` (or `(number, None, error)`) until told to stop (None) or the
+    parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    model, max_chars, batch_size, settings = load
+    try:
+        nlp = _worker_pipeline(model, max_chars, settings)
+    except Exception as error:
+        answers.put((-1, None, _portable(error)))
+        return
     keys = score_keys(nlp)
-    return [(doc_ents(doc, keys), len(doc)) for doc in nlp.pipe(texts, batch_size=batch_size)]
+    while True:
+        try:
+            task = tasks.get(timeout=_PARENT_POLL)
+        except queue.Empty:
+            task = ()
+        if os.getppid() != parent:
+            answers.cancel_join_thread()  # no one reads them any more
+            return
+        if task is None:
+            return
+        if not task:
+            continue
+        number, texts = task
+        try:
+            docs = nlp.pipe(texts, batch_size=batch_size)
+            answers.put((number, [(doc_ents(doc, keys), len(doc)) for doc in docs], None))
+        except Exception as error:
+            answers.put((number, None, _portable(error)))
+            return
+
+
+def _portable(error: Exception) -> Exception:
+    """`error` as something that survives pickling: itself if it is an `AnnotateError`, else a
+    RuntimeError with the worker's traceback."""
+    if isinstance(error, AnnotateError):
+        return AnnotateError(str(error))
+    trace = "".join(traceback.format_exception(error))
+    return RuntimeError(f"An annotator worker process failed:\n{trace}")
+
+
+def _worker_pipeline(model: str, max_chars: int, settings: dict[str, Any] | None) -> Language:
+    """A worker process's pipeline with one torch thread (as Ray gives each actor one CPU):
+    more threads than cores only wait for each other."""
+    torch.set_num_threads(1)
+    return load_pipeline(model, max_chars, threads=1, settings=settings)
 
 
 def require_ray() -> Any:
@@ -232,10 +414,17 @@ def require_ray() -> Any:
 class RayAnnotator:
     """A Ray Data actor: loads the pipeline once, in `__init__`, then annotates batches."""
 
-    def __init__(self, model: str, max_chars: int, batch_size: int, use_gpu: bool) -> None:
+    def __init__(
+        self,
+        model: str,
+        max_chars: int,
+        batch_size: int,
+        use_gpu: bool,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         if use_gpu:
             spacy.require_gpu()
-        self.nlp = load_pipeline(model, max_chars, threads=1)
+        self.nlp = load_pipeline(model, max_chars, threads=1, settings=settings)
         self.keys = score_keys(self.nlp)
         self.batch_size = batch_size
 
@@ -259,12 +448,20 @@ def ray_engine(
     workers: int,
     max_chars: int,
     gpus_per_actor: float = 0.0,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[Annotated]:
     """Ray Data over every shard's good texts: `workers` actors for the whole job, order kept.
 
     The driver reads the input, sends the texts to the object store and writes the shards as
     the results stream back; the actors load the pipeline from `model` (a folder that exists
-    at the same path on every node, or an installed package).
+    at the same path on every node, or an installed package), with `settings` set on its
+    `bilstm_crf` components.
+
+    The actors are not restarted when they die (`max_restarts=0`): the job stops with an
+    error and a rerun resumes from the complete shards. Ray Data's default, endless
+    restarts, would retry a batch that kills its actor forever, and makes Ray core log an
+    error-level line in every run ("constructor arguments in the object store and
+    max_restarts > 0", ray-project/ray#57733), about Ray Data's own arguments.
     """
     ray = require_ray()
     import pyarrow
@@ -299,12 +496,14 @@ def ray_engine(
                 "max_chars": max_chars,
                 "batch_size": batch_size,
                 "use_gpu": gpus_per_actor > 0,
+                "settings": settings,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
             num_gpus=gpus_per_actor or None,
+            max_restarts=0,
         )
         yield from assemble(waiting, _in_order(dataset, rows))
     finally:

@@ -7,6 +7,8 @@ and renamed into place, and the manifest lists only shards that are complete, wh
 makes a killed run resumable without loss.
 """
 
+import contextlib
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,10 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _BOM = b"\xef\xbb\xbf"
 _READ_BATCH = 10_000
+# The JSON objects (and at most the lines) read to check the columns before any work.
+_CHECK_ROWS = 1_000
+_CHECK_LINES = 10_000
+_FIELDS_SHOWN = 20
 _JSON_TYPES = (str, int, float, bool, type(None), list, dict)
 
 
@@ -59,8 +65,9 @@ def require_pyarrow(why: str) -> Any:
     return pyarrow
 
 
-def check_input(path: Path, text_column: str) -> str:
-    """Fail early on an input that cannot be read at all; return its kind."""
+def check_input(path: Path, text_column: str, id_column: str | None = None) -> str:
+    """Fail early on an input that cannot be read, or whose first rows lack the text column
+    (or `id_column`, an id column the user named); return its kind."""
     if not path.exists():
         raise AnnotateError(f"The input file {path} does not exist.")
     if not path.is_file():
@@ -72,12 +79,50 @@ def check_input(path: Path, text_column: str) -> str:
             names = pyarrow.parquet.ParquetFile(path).schema_arrow.names
         except pyarrow.ArrowException as error:
             raise AnnotateError(f"Cannot read {path} as Parquet: {error}") from error
-        if text_column not in names:
-            raise AnnotateError(
-                f"The text column {text_column!r} is not in {path}; its columns are {names}. "
-                "Name the right one with --text-column."
-            )
+        absent = f"is not in {path}; its columns are {_shown(names)}"
+        _check_columns(text_column, id_column, names, absent)
+    else:
+        fields, count = _first_fields(path)
+        if count:
+            rows = "row" if count == 1 else f"{count:,} rows"
+            absent = f"is in none of the first {rows} of {path}; their fields are {_shown(fields)}"
+            _check_columns(text_column, id_column, fields, absent)
     return kind
+
+
+def _check_columns(text_column: str, id_column: str | None, names: list[str], absent: str) -> None:
+    """An error naming the text column, or the id column the user named, if `names` lacks
+    it; `absent` says where it was looked for."""
+    wanted = [("text", text_column, "Name the right one with --text-column.")]
+    if id_column is not None:
+        hint = "Name the right one with --id-column, or leave that out to number the rows."
+        wanted.append(("id", id_column, hint))
+    for what, column, hint in wanted:
+        if column not in names:
+            raise AnnotateError(f"The {what} column {column!r} {absent}. {hint}")
+
+
+def _first_fields(path: Path) -> tuple[list[str], int]:
+    """The fields of the first `_CHECK_ROWS` JSON objects of a JSONL file (of the first
+    `_CHECK_LINES` lines at most), in order of appearance, and how many objects that was."""
+    fields: dict[str, None] = {}
+    count = 0
+    with contextlib.closing(_jsonl_records(path)) as records:
+        for record, problem in itertools.islice(records, _CHECK_LINES):
+            if problem is not None:
+                continue
+            fields.update(dict.fromkeys(record))
+            count += 1
+            if count == _CHECK_ROWS:
+                break
+    return list(fields), count
+
+
+def _shown(names: list[str]) -> str:
+    """`names` for a message, the first `_FIELDS_SHOWN` of many."""
+    if len(names) <= _FIELDS_SHOWN:
+        return str(names)
+    return f"{names[:_FIELDS_SHOWN]} and {len(names) - _FIELDS_SHOWN:,} more"
 
 
 def read_rows(
@@ -259,6 +304,11 @@ class Manifest:
 
     def is_done(self, name: str) -> bool:
         return name in self.data["shards"]
+
+    def counts(self, name: str) -> tuple[int, int]:
+        """The rows and error rows of a shard that the manifest lists as complete."""
+        shard = self.data["shards"][name]
+        return shard["rows"], shard["errors"]
 
     def add_shard(self, name: str, rows: int, errors: int, size: int) -> None:
         self.data["shards"][name] = {"rows": rows, "errors": errors, "bytes": size}
