@@ -1,10 +1,12 @@
 """`python -m spacy_bilstm_crf COMMAND ...`: the package's commands, `annotate` and `calibrate`."""
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 
 import spacy
@@ -23,6 +25,8 @@ from .annotate_io import FORMATS
 from .calibration import (
     CalibrationError,
     bilstm_crf_component,
+    bound_warnings,
+    data_warnings,
     entity_outcomes,
     expected_calibration_error,
     fit_temperature,
@@ -159,7 +163,11 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="a pipeline folder or an installed pipeline package")
     parser.add_argument("dev", help="held-out gold data, a .spacy file (not the training data)")
-    parser.add_argument("output", help="the folder to write the calibrated pipeline to")
+    parser.add_argument(
+        "output",
+        help="the folder to write the calibrated pipeline to: new, empty, or a pipeline "
+        "folder to replace",
+    )
     parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
     parser.add_argument(
         "--train",
@@ -170,6 +178,7 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> None:
+    _check_calibrate_output(Path(args.output))
     try:
         nlp = spacy.load(args.model)
     except (OSError, ValueError) as error:
@@ -184,8 +193,10 @@ def _run_calibrate(args: argparse.Namespace) -> None:
             f"The component {args.component!r} predicts no entities on {args.dev!r}: "
             "there is nothing to calibrate."
         )
+    _warn(data_warnings(pipe, examples, before, args.dev))
     old = pipe.cfg["temperature"]
     temperature = fit_temperature(nlp, examples, args.component)
+    _warn(bound_warnings(pipe))
     after = entity_outcomes(nlp, examples, args.component)
     ece_before = expected_calibration_error(before.probs, before.correct)
     ece_after = expected_calibration_error(after.probs, after.correct)
@@ -198,8 +209,38 @@ def _run_calibrate(args: argparse.Namespace) -> None:
             f"of these), {unseen:.3f} for new ones"
         )
     print(f"ECE on dev: {ece_before:.4f} -> {ece_after:.4f} (the fit's own data)")
+    Path(args.output).mkdir(parents=True, exist_ok=True)
     nlp.to_disk(args.output)
     print(f"wrote {args.output}")
+
+
+def _check_calibrate_output(output: Path) -> None:
+    """Refuse, before any work, an output that calibrate cannot or should not write a pipeline
+    to: a file, a folder that holds other things than a spaCy pipeline (a pipeline folder is
+    replaced, as `nlp.to_disk` does), or a place that cannot be written."""
+    if output.exists() and not output.is_dir():
+        raise CalibrationError(
+            f"The output {str(output)!r} is a file: name a folder for the calibrated pipeline."
+        )
+    if output.is_dir():
+        names = sorted(path.name for path in output.iterdir())
+        if names and not (output / "config.cfg").is_file():
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise CalibrationError(
+                f"The output folder {str(output)!r} holds other files ({shown}) and no spaCy "
+                "pipeline: name a new or empty folder, or a pipeline folder to replace."
+            )
+    existing = next(folder for folder in (output, *output.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CalibrationError(
+            f"Cannot write the output {str(output)!r}: {str(existing)!r} is not a folder "
+            "this user can write to."
+        )
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

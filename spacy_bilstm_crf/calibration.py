@@ -36,6 +36,12 @@ LOG_LOSS_EPS = 1e-7
 # log partitions, so on long docs and at low temperatures they can exceed 1 by rounding
 # (1 + 2**-10 seen at T = 0.25): values up to this far above 1 are read as 1.
 ROUNDING_SLACK = 1e-2
+# The temperatures `fit_temperature` searches by default, and how close to a bound a fitted
+# one is taken to be at it: the search's own precision, 1%.
+TEMPERATURE_BOUNDS = (0.25, 8.0)
+AT_BOUND = math.log(1.01)
+# Fewer predicted entities than this make a fitted temperature a rough estimate.
+FEW_ENTITIES = 100
 
 
 class CalibrationError(ValueError):
@@ -177,7 +183,7 @@ def fit_temperature(
     examples: Iterable[Example],
     component: str = "ner",
     *,
-    bounds: tuple[float, float] = (0.25, 8.0),
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     by_seen: bool = True,
 ) -> float:
     """The temperature in `bounds` that minimises the log loss of the entities' correctness
@@ -231,6 +237,51 @@ def fit_temperature(
         unseen = best(lambda outcomes: ~outcomes.known)
     pipe.cfg.update(temperature=temperature, seen_temperature=seen, unseen_temperature=unseen)
     return temperature
+
+
+def data_warnings(
+    pipe: BiLSTMCRFTagger, examples: Iterable[Example], outcomes: Outcomes, name: str
+) -> list[str]:
+    """Why a fit on `examples` (the data set `name`) may mean little: gold entity labels that
+    share none with the component's (every entity then counts as wrong), or fewer than
+    `FEW_ENTITIES` predicted entities in `outcomes`."""
+    warnings = []
+    gold = sorted({ent.label_ for eg in examples for ent in eg.reference.ents})
+    if gold and not set(gold) & set(pipe.labels):
+        warnings.append(
+            f"the entity labels of {name} ({', '.join(gold)}) share none with the "
+            f"component's ({', '.join(pipe.labels)}): every entity counts as wrong, so the "
+            "fit is meaningless"
+        )
+    if len(outcomes.probs) < FEW_ENTITIES:
+        warnings.append(
+            f"only {len(outcomes.probs):,} predicted entities to fit on (fewer than "
+            f"{FEW_ENTITIES}): the temperature is a rough estimate"
+        )
+    return warnings
+
+
+def bound_warnings(
+    pipe: BiLSTMCRFTagger, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> list[str]:
+    """The component's fitted temperatures that lie at a bound of the search (within
+    `AT_BOUND` in log space): the best one may lie beyond it."""
+    named = [
+        ("the temperature", pipe.cfg["temperature"]),
+        ("the temperature for training entities", pipe.cfg.get("seen_temperature")),
+        ("the temperature for new entities", pipe.cfg.get("unseen_temperature")),
+    ]
+    warnings = []
+    for what, temperature in named:
+        if temperature is None:
+            continue
+        for bound in bounds:
+            if abs(math.log(temperature / bound)) <= AT_BOUND:
+                warnings.append(
+                    f"{what}, {temperature:.3f}, is at a bound of its search ({bounds[0]:g} "
+                    f"to {bounds[1]:g}): the best one may lie beyond it"
+                )
+    return warnings
 
 
 def _golden_section(loss: Callable[[float], float], low: float, high: float) -> float:
