@@ -6,6 +6,7 @@ fills the error rows in between. Ray is imported only when the Ray engine runs, 
 engine works without it.
 """
 
+import inspect
 import multiprocessing
 import os
 import queue
@@ -78,10 +79,10 @@ def load_pipeline(
         nlp.max_length = max_chars
     ours = [nlp.get_pipe(name) for name in nlp.pipe_names if _is_ours(nlp, name)]
     if settings and not ours:
-        options = ", ".join(f"--{key}" for key in settings)
+        options = " and ".join(f"--{key}" for key in settings)
         raise AnnotateError(
-            f"The pipeline {str(model)!r} has no bilstm_crf component ({options} set "
-            f"its settings); its components: {nlp.pipe_names}."
+            f"The pipeline {str(model)!r} has no bilstm_crf component for {options} to set; "
+            f"its components: {nlp.pipe_names}."
         )
     for pipe in ours:
         pipe.cfg.update(settings or {})
@@ -489,7 +490,8 @@ def ray_engine(
         per_actor = -(-len(rows) // (workers * _BLOCK_BATCHES))
         block = max(1, min(batch_size * _BLOCK_BATCHES, per_actor))
         blocks = [table.slice(offset, block) for offset in range(0, len(rows), block)]
-        dataset = ray.data.from_arrow(blocks).map_batches(
+        dataset = _map_batches(
+            ray.data.from_arrow(blocks),
             RayAnnotator,
             fn_constructor_kwargs={
                 "model": model,
@@ -503,13 +505,31 @@ def ray_engine(
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
             num_gpus=gpus_per_actor or None,
-            max_restarts=0,
         )
         yield from assemble(waiting, _in_order(dataset, rows))
     finally:
         options.preserve_order = saved
         if started:
             ray.shutdown()
+
+
+def _map_batches(dataset: Any, fn: type, **options: Any) -> Any:
+    """`dataset.map_batches(fn, **options)` with actors that are not restarted.
+
+    Ray Data names no parameter for `max_restarts`: it goes with the remote arguments that
+    `map_batches` takes as keywords, a way it deprecates (for Ray 2.64) without another yet.
+    So it is passed while `map_batches` takes keywords, with that deprecation silenced here
+    alone, and left out once it does not.
+    """
+    takes_keywords = any(
+        parameter.kind is inspect.Parameter.VAR_KEYWORD
+        for parameter in inspect.signature(dataset.map_batches).parameters.values()
+    )
+    if not takes_keywords:
+        return dataset.map_batches(fn, **options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(fn, max_restarts=0, **options)
 
 
 def init_local_ray(num_cpus: int | None = None) -> None:

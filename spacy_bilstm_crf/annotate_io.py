@@ -340,6 +340,8 @@ def _differences(data: dict[str, Any], source: dict[str, Any], settings: dict[st
     """What differs between a manifest and this run, as `name was X, now Y` phrases."""
     if data.get("version") != MANIFEST_VERSION:
         return [f"manifest version {data.get('version')}, this annotator writes {MANIFEST_VERSION}"]
+    # As the manifest would hold them: JSON keeps floats to ten digits or so.
+    source, settings = srsly.json_loads(srsly.json_dumps([source, settings]))
     found = []
     for section, now in (("input", source), ("settings", settings)):
         before = data.get(section, {})

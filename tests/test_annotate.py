@@ -118,14 +118,17 @@ def assert_matches(records: list[dict], ids: list, want: list[list[dict]]) -> No
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_local_engine_equals_pipe(model_dir, expected, tmp_path, workers) -> None:
+def test_local_engine_equals_pipe(model_dir, plain_dir, expected, tmp_path, workers) -> None:
+    """With two workers, the model without scores and `confidence` given: the workers set it."""
     ids = [f"doc-{i}" for i in range(len(TEXTS))]
     source = write_input(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in zip(ids, TEXTS)])
-    summary = annotate(model_dir, source, tmp_path / "out", shard_size=SHARD, workers=workers)
-    assert_matches(read_output(tmp_path / "out"), ids, expected)
-    names = [path.name for path in sorted((tmp_path / "out").glob("part-*"))]
+    model, confidence = (model_dir, None) if workers == 1 else (plain_dir, True)
+    out = tmp_path / "out"
+    summary = annotate(model, source, out, shard_size=SHARD, workers=workers, confidence=confidence)
+    assert_matches(read_output(out), ids, expected)
+    names = [path.name for path in sorted(out.glob("part-*"))]
     assert names == ["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
-    manifest = srsly.read_json(tmp_path / "out" / MANIFEST)
+    manifest = srsly.read_json(out / MANIFEST)
     assert [shard["rows"] for shard in manifest["shards"].values()] == [20, 20, 11]
     assert manifest["complete"] and manifest["rows"] == len(TEXTS)
     assert (summary.rows, summary.errors, summary.shards_written) == (len(TEXTS), 0, 3)
@@ -241,6 +244,11 @@ def test_killed_run_resumes_to_the_same_output(model_dir, tmp_path) -> None:
     (out / "part-00003.jsonl").write_text('{"id": "stale"}\n')
     summary = annotate(model_dir, source, out, shard_size=10)
     assert (summary.shards_skipped, summary.shards_written, summary.rows) == (2, 4, 31)
+    assert (summary.earlier_rows, summary.total_rows, summary.total_shards) == (20, 51, 6)
+    assert str(summary).startswith(
+        f"51 rows (0 errors) in 6 shards in {out}: 20 rows (0 errors) in 2 shards from earlier "
+        "runs, 31 rows (0 errors) in 4 shards written now, "
+    )
     whole = tmp_path / "whole"
     annotate(model_dir, source, whole, shard_size=10)
     resumed, uninterrupted = read_output(out), read_output(whole)
@@ -280,6 +288,9 @@ def test_empty_input_writes_a_complete_manifest(model_dir, tmp_path) -> None:
         ({"input": "missing.jsonl"}, "does not exist"),
         ({"input": "in.csv"}, "Cannot tell the format"),
         ({"input": "in.parquet", "text_column": "body"}, "text column 'body' is not in"),
+        ({"input": "in.parquet", "id_column": "key"}, r"id column 'key' is not in .*'text'"),
+        ({"threshold": 1.5}, r"threshold \(--threshold\) must be in \[0, 1\], got 1.5"),
+        ({"confidence": "yes"}, r"confidence \(--confidence\) must be True or False"),
         ({"batch_size": 0}, r"batch_size \(--batch-size\) must be a whole number >= 1, got 0"),
         ({"workers": 0}, r"workers \(--workers\) must be"),
         ({"engine": "spark"}, "engine"),
@@ -308,6 +319,112 @@ def test_cli_annotates_and_reports_bad_settings(model_dir, expected, tmp_path, c
     assert capsys.readouterr().err.startswith("error: workers (--workers) must be")
 
 
+COLUMN_ROWS = [{"id": "a", "body": "Berlin"}, "{not json", {"id": "b", "body": "x", "n": 1}]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            [],
+            "error: The text column 'text' is in none of the first 2 rows of {source}; their "
+            "fields are ['id', 'body', 'n']. Name the right one with --text-column.",
+        ),
+        (
+            ["--text-column", "body", "--id-column", "key"],
+            "error: The id column 'key' is in none of the first 2 rows of {source}; their "
+            "fields are ['id', 'body', 'n']. Name the right one with --id-column, or leave "
+            "that out to number the rows.",
+        ),
+    ],
+)
+def test_cli_refuses_columns_the_first_rows_lack(tmp_path, capsys, extra, message) -> None:
+    """Before any work: the model (here one that does not exist) is not even loaded, and no
+    output folder is made."""
+    source = tmp_path / "in.jsonl"
+    lines = [row if isinstance(row, str) else srsly.json_dumps(row) for row in COLUMN_ROWS]
+    source.write_text("\n".join(lines))
+    out = tmp_path / "out"
+    assert main(["annotate", "no_such_pipeline", str(source), str(out), *extra]) == 2
+    assert capsys.readouterr().err == message.format(source=source) + "\n"
+    assert not out.exists()
+
+
+def test_columns_are_found_beyond_the_first_row(model_dir, tmp_path) -> None:
+    """A column that some of the first rows have is fine; rows without it keep the old
+    behaviour (an error row, or the row number as id)."""
+    rows = [{"body": "Berlin"}, {"key": "k", "text": "London"}, {"text": "Berlin", "key": 2}]
+    source = write_input(tmp_path / "in.jsonl", rows)
+    summary = annotate(model_dir, source, tmp_path / "out", id_column="key")
+    records = read_output(tmp_path / "out")
+    assert [record["id"] for record in records] == [0, "k", 2]
+    assert records[0]["error"] == "text is missing: the row has no 'text' field"
+    assert summary.errors == 1
+
+
+@pytest.fixture(scope="module")
+def plain_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model with `confidence` off (in its config and its saved cfg)."""
+    nlp = spacy.load(model_dir, config={"components": {"bilstm_crf": {"confidence": False}}})
+    nlp.get_pipe("bilstm_crf").cfg["confidence"] = False
+    path = tmp_path_factory.mktemp("plain") / "model"
+    nlp.to_disk(path)
+    return path
+
+
+def middle_threshold(want: list[list[dict]]) -> float:
+    """A threshold halfway between two of the scores in `want`, so that it drops some entities
+    and keeps others, far from both."""
+    scores = sorted({round(ent["score"], 4) for ents in want for ent in ents})
+    assert len(scores) >= 2, scores
+    middle = len(scores) // 2
+    return (scores[middle - 1] + scores[middle]) / 2
+
+
+def test_cli_confidence_and_threshold(plain_dir, model_dir, expected, tmp_path, capsys) -> None:
+    """--confidence turns scores on, --no-confidence off, --threshold drops the entities below
+    it (and turns scores on); the manifest records them, so a rerun with others is refused."""
+    source = write_input(tmp_path / "in.jsonl", [{"text": text} for text in TEXTS])
+    ids = list(range(len(TEXTS)))
+
+    def run(model: Path, out: str, *options: str) -> list[dict]:
+        args = [str(model), str(source), str(tmp_path / out), "--shard-size", str(SHARD)]
+        assert main(["annotate", *args, "--quiet", *options]) == 0
+        return read_output(tmp_path / out)
+
+    unscored = pipe_ents(spacy.load(plain_dir), TEXTS, key=None)
+    assert_matches(run(plain_dir, "plain"), ids, unscored)
+    assert_matches(run(plain_dir, "on", "--confidence"), ids, expected)
+    assert_matches(run(model_dir, "off", "--no-confidence"), ids, unscored)
+    threshold = middle_threshold(expected)
+    nlp = spacy.load(model_dir)
+    nlp.get_pipe("bilstm_crf").cfg["threshold"] = threshold
+    kept = pipe_ents(nlp, TEXTS)
+    assert 0 < sum(map(len, kept)) < sum(map(len, expected))
+    assert_matches(run(plain_dir, "kept", "--threshold", str(threshold)), ids, kept)
+    settings = srsly.read_json(tmp_path / "kept" / MANIFEST)["settings"]
+    assert settings["confidence"] is True
+    assert settings["threshold"] == pytest.approx(threshold, rel=1e-9)
+    assert_matches(run(plain_dir, "kept", "--threshold", str(threshold)), ids, kept)  # resumes
+    capsys.readouterr()
+    args = [str(plain_dir), str(source), str(tmp_path / "kept"), "--shard-size", str(SHARD)]
+    assert main(["annotate", *args, "--threshold", "0.5"]) == 2
+    assert "settings threshold was " in capsys.readouterr().err
+
+
+def test_settings_need_a_bilstm_crf_component(tmp_path, capsys) -> None:
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "ORG", "pattern": "Zorblax"}])
+    nlp.to_disk(tmp_path / "ruler")
+    source = write_input(tmp_path / "in.jsonl", [{"text": "Zorblax"}])
+    args = ["annotate", str(tmp_path / "ruler"), str(source), str(tmp_path / "out")]
+    assert main([*args, "--confidence"]) == 2
+    error = capsys.readouterr().err
+    assert "has no bilstm_crf component for --confidence to set" in error
+    assert "its components: ['entity_ruler']" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_extras_are_named(model_dir, tmp_path, monkeypatch) -> None:
     source = write_input(tmp_path / "in.jsonl", [{"text": "x"}])
     monkeypatch.setitem(sys.modules, "ray", None)
@@ -333,8 +450,9 @@ def ray_cluster():
 
 @pytest.mark.parametrize("workers, output_format", [(1, "jsonl"), (2, "parquet")])
 def test_ray_engine_equals_pipe(
-    model_dir, expected, tmp_path, ray_cluster, workers, output_format
+    model_dir, plain_dir, expected, tmp_path, ray_cluster, workers, output_format
 ) -> None:
+    """With two actors, the model without scores and `confidence` given: the actors set it."""
     ids = [f"doc-{i}" for i in range(len(TEXTS))]
     records = [{"id": i, "text": t} for i, t in zip(ids, TEXTS)] + [{"id": "null", "text": None}]
     source = write_input(tmp_path / "in.jsonl", records)
@@ -342,7 +460,7 @@ def test_ray_engine_equals_pipe(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = annotate(
-            model_dir,
+            model_dir if workers == 1 else plain_dir,
             source,
             out,
             engine="ray",
@@ -350,6 +468,7 @@ def test_ray_engine_equals_pipe(
             shard_size=SHARD,
             batch_size=8,
             output_format=output_format,
+            confidence=True if workers > 1 else None,
         )
     ours = [w for w in caught if issubclass(w.category, DeprecationWarning | FutureWarning)]
     assert not [w for w in ours if "ray/data/context.py" not in w.filename], ours
