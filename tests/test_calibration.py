@@ -702,6 +702,12 @@ def test_calibrate_command_end_to_end(saved: dict[str, Path]) -> None:
     assert temperature == pytest.approx(fitted, rel=1e-6)
     texts = [text for text, _ in HELD_OUT]
     assert [ents(doc) for doc in calibrated.pipe(texts)] == [ents(doc) for doc in nlp.pipe(texts)]
+    # Only the few entities are worth a warning: the temperature is inside the bounds.
+    count = len(calibration.entity_outcomes(nlp, examples_for(nlp, HELD_OUT)).probs)
+    assert run.stderr == (
+        f"warning: only {count} predicted entities to fit on (fewer than 100): the "
+        "temperature is a rough estimate\n"
+    )
 
 
 def test_calibrate_command_takes_the_training_entities_of_an_older_pipeline(
@@ -750,3 +756,92 @@ def test_calibrate_command_errors(saved: dict[str, Path], capsys, model, dev, ex
     assert error.startswith("error: ") and len(error.splitlines()) == 1
     assert re.search(message, error), error
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("out", lambda out: out.write_text("x"), "The output '{out}' is a file: name a folder"),
+        (
+            "out",
+            lambda out: (out.mkdir(), (out / "notes.txt").write_text("x")),
+            "The output folder '{out}' holds other files (notes.txt) and no spaCy pipeline",
+        ),
+        (
+            "file/out",
+            lambda out: out.parent.write_text("x"),
+            "Cannot write the output '{out}': '{out.parent}' is not a folder",
+        ),
+    ],
+)
+def test_calibrate_checks_its_output_before_any_work(
+    saved, tmp_path, capsys, monkeypatch, name, make, message
+) -> None:
+    """Refused before the pipeline is loaded (loading here fails the test)."""
+    out = tmp_path / name
+    make(out)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded")
+
+    monkeypatch.setattr(spacy, "load", no_load)
+    assert main(["calibrate", str(saved["model"]), str(saved["dev.spacy"]), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: " + message.format(out=out)), error
+    assert len(error.splitlines()) == 1
+
+
+def test_calibrate_command_refuses_a_file_as_output_in_one_line(saved, tmp_path) -> None:
+    out = tmp_path / "model.txt"
+    out.write_text("keep me")
+    command = [sys.executable, "-m", "spacy_bilstm_crf", "calibrate", str(saved["model"])]
+    run = subprocess.run([*command, str(saved["dev.spacy"]), str(out)], capture_output=True)
+    assert run.returncode == 2
+    assert run.stderr.decode().splitlines() == [
+        f"error: The output '{out}' is a file: name a folder for the calibrated pipeline."
+    ]
+    assert out.read_text() == "keep me"
+
+
+def test_calibrate_warns_when_the_fit_means_little(saved, tmp_path, capsys) -> None:
+    """Gold labels the component does not know: every entity is wrong, there are few, and the
+    temperature runs to its upper bound; each is one warning line. The output is a pipeline
+    folder, which is replaced."""
+    nlp = spacy.load(saved["model"])
+    renamed = {"PERSON": "A", "LOC": "B"}
+    data = [
+        (
+            text,
+            {"entities": [(start, end, renamed[label]) for start, end, label in ann["entities"]]},
+        )
+        for text, ann in HELD_OUT
+    ]
+    DocBin(docs=[eg.reference for eg in examples_for(nlp, data)]).to_disk(tmp_path / "ab.spacy")
+    out = tmp_path / "replaced"
+    shutil.copytree(saved["no_crf"], out)
+    dev = str(tmp_path / "ab.spacy")
+    assert main(["calibrate", str(saved["model"]), dev, str(out)]) == 0
+    count = len(calibration.entity_outcomes(nlp, examples_for(nlp, HELD_OUT)).probs)
+    labels = ", ".join(nlp.get_pipe("ner").labels)
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: the entity labels of {dev} (A, B) share none with the component's "
+        f"({labels}): every entity counts as wrong, so the fit is meaningless",
+        f"warning: only {count} predicted entities to fit on (fewer than 100): the "
+        "temperature is a rough estimate",
+        "warning: the temperature, 8.000, is at a bound of its search (0.25 to 8): the best "
+        "one may lie beyond it",
+    ]
+    assert spacy.load(out).get_pipe("ner").cfg["temperature"] == 8.0
+
+
+def test_bound_warnings_name_each_temperature_at_a_bound(trained: Language, ner) -> None:
+    ner.cfg.update(temperature=1.0, seen_temperature=0.25 * 1.009, unseen_temperature=8.0)
+    assert calibration.bound_warnings(ner) == [
+        "the temperature for training entities, 0.252, is at a bound of its search (0.25 to "
+        "8): the best one may lie beyond it",
+        "the temperature for new entities, 8.000, is at a bound of its search (0.25 to 8): "
+        "the best one may lie beyond it",
+    ]
+    ner.cfg.update(seen_temperature=0.25 * 1.011, unseen_temperature=7.9)
+    assert calibration.bound_warnings(ner) == []
+    assert len(calibration.bound_warnings(ner, bounds=(1.0, 2.0))) == 1
