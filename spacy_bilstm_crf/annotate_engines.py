@@ -200,6 +200,7 @@ def local_engine(
         return
     pool = WorkerPool(workers, (model, max_chars, batch_size, settings))
     try:
+        pool.start()
         yield from assemble(waiting, pool.results(texts(), batch_size))
     finally:
         pool.stop()
@@ -219,27 +220,32 @@ class WorkerPool:
     """
 
     def __init__(self, workers: int, load: tuple) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.tasks = context.Queue()
-        self.answers = context.Queue()
-        self.finished = False
+        """`workers` processes to start, each loading `load`: `(model, max_chars, batch_size,
+        settings)`."""
+        self.context = multiprocessing.get_context("spawn")
+        self.tasks = self.context.Queue()
+        self.answers = self.context.Queue()
         # Not joined at exit: after an interrupt, tasks may be left in a pipe that no process
         # reads any more.
         self.tasks.cancel_join_thread()
-        self.processes = [
-            context.Process(
-                target=_worker_main,
-                args=(self.tasks, self.answers, load, os.getpid()),
-                name=f"annotate-worker-{number}",
-                daemon=True,
-            )
-            for number in range(workers)
-        ]
-        # The children start with SIGINT blocked (they inherit the mask), and ignore it
-        # before they unblock it: a Ctrl-C during their start-up reaches this process only.
+        self.workers = workers
+        self.load = load
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.finished = False
+
+    def start(self) -> None:
+        """Start the workers. They start with SIGINT blocked (they inherit the mask) and ignore
+        it before they unblock it: a Ctrl-C during their start-up reaches this process only."""
         with _blocked(signal.SIGINT):
-            for process in self.processes:
+            for number in range(self.workers):
+                process = self.context.Process(
+                    target=_worker_main,
+                    args=(self.tasks, self.answers, self.load, os.getpid()),
+                    name=f"annotate-worker-{number}",
+                    daemon=True,
+                )
                 process.start()
+                self.processes.append(process)
 
     def results(self, texts: Iterator[str], batch_size: int) -> Iterator[tuple[list[dict], int]]:
         """`(ents, words)` per text, in order; a few batches per worker in flight, so that the
@@ -271,6 +277,7 @@ class WorkerPool:
         return early.pop(number)
 
     def _check_alive(self) -> None:
+        """An error if a worker has ended (killed for memory, say): its batches are lost."""
         for process in self.processes:
             if process.exitcode is not None:
                 raise RuntimeError(

@@ -2,7 +2,8 @@
 process group, as a terminal sends it) with one worker and with two, two Ctrl-Cs in quick
 succession, and SIGTERM to the main process only. Each run exits at once with 130 or 143 and
 one line on stderr, keeps its complete shards and leaves no process behind; rerunning
-resumes, to the output of an uninterrupted run."""
+resumes, to the output of an uninterrupted run. Workers also end when the main process is
+killed, or when one of them fails."""
 
 import os
 import re
@@ -19,7 +20,8 @@ import srsly
 import torch
 from spacy.training import Example
 
-from spacy_bilstm_crf.annotate import annotate
+from spacy_bilstm_crf.annotate import AnnotateError, annotate
+from spacy_bilstm_crf.annotate_engines import WorkerPool
 from spacy_bilstm_crf.annotate_io import MANIFEST
 
 TRAIN_DATA = [
@@ -173,13 +175,17 @@ def terminate(pid: int) -> None:
     os.kill(pid, signal.SIGTERM)
 
 
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
 # Each step stops a rerun of the step before: workers, how it is stopped, the exit code.
 STEPS = [(1, ctrl_c, 130), (2, ctrl_c, 130), (2, ctrl_c_twice, 130), (2, terminate, 143)]
 
 
 def test_interrupted_runs_stop_cleanly_and_resume(model_dir, source, whole, folder) -> None:
-    """The STEPS, one after the other on one output; then a last rerun completes it, equal to
-    `whole`, and its summary gives the totals of the whole dataset."""
+    """The STEPS, one after the other on one output, and SIGKILL; then a last rerun completes
+    it, equal to `whole`, and its summary gives the totals of the whole dataset."""
     out = folder / "out"
     done = 0
     for workers, send, exit_code in STEPS:
@@ -188,7 +194,12 @@ def test_interrupted_runs_stop_cleanly_and_resume(model_dir, source, whole, fold
         assert shards >= done + BEFORE_SIGNAL, (send, workers)  # resumed, and kept its work
         same_shards(out, whole)
         done = shards
-    args = command(model_dir, source, out, workers=2)
+    # SIGKILL leaves no chance to clean up: the workers notice that their parent is gone.
+    code, _, _ = stop_run(command(model_dir, source, out, workers=2), kill)
+    assert code == -signal.SIGKILL
+    same_shards(out, whole)
+    done = len(srsly.read_json(out / MANIFEST)["shards"])
+    args = command(model_dir, source, out, workers=1)  # quicker to start; the same output
     final = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     names = sorted(path.name for path in whole.iterdir())
@@ -201,3 +212,15 @@ def test_interrupted_runs_stop_cleanly_and_resume(model_dir, source, whole, fold
     now = f"{ROWS - done * SHARD:,} rows (0 errors) in {total - done} shards written now"
     assert final.stdout.startswith(f"{ROWS:,} rows (0 errors) in {total} shards in {out}: ")
     assert f": {earlier}, {now}, " in final.stdout
+
+
+def test_a_worker_that_fails_stops_the_pool() -> None:
+    """A worker's error reaches the main process as itself, and no worker is left."""
+    pool = WorkerPool(1, ("no_such_pipeline", 1_000, 8, None))
+    try:
+        pool.start()
+        with pytest.raises(AnnotateError, match="Cannot load the pipeline 'no_such_pipeline'"):
+            list(pool.results(iter(["Berlin"]), 8))
+    finally:
+        pool.stop()
+    assert [process.is_alive() for process in pool.processes] == [False]
