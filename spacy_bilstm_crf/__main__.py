@@ -45,9 +45,10 @@ def _add_annotate(commands: argparse._SubParsersAction) -> None:
         description=(
             "Annotate every row of INPUT (.jsonl/.json lines or .parquet) with the pipeline "
             "MODEL and write one record per row, {id, ents, error}, to OUTPUT/part-NNNNN.jsonl "
-            "(or .parquet) plus OUTPUT/manifest.json, in input order. Rerunning the same "
-            "command resumes a stopped run. With --engine ray, it joins the cluster at "
-            "RAY_ADDRESS if set, else starts a local one."
+            "(or .parquet) plus OUTPUT/manifest.json, in input order. Ctrl-C (or SIGTERM) "
+            "stops it, keeping the complete shards, and rerunning the same command resumes "
+            "a stopped run. With --engine ray, it joins the cluster at RAY_ADDRESS if set, "
+            "else starts a local one."
         ),
     )
     parser.add_argument("model", help="a pipeline folder or an installed pipeline package")
