@@ -3,9 +3,9 @@
 Data flow: `tok2vec` (Docs -> token vectors), cut into segments (see `segments.py`), then a
 PyTorch `BiLSTMTagger` behind thinc's `PyTorchWrapper` (vectors -> emission scores per
 segment). The CRF lives inside that torch module; `tagger_loss`, `tagger_decode`,
-`crf_span_probs`, `tagger_nbest` and `tagger_piece_nbest` are the only code that reaches it,
-so the pipe never does CRF maths. `load_bytes` checks a config given at load time against the
-saved model before loading its weights.
+`crf_span_probs`, `tagger_nbest`, `tagger_piece_nbest` and `tagger_marginals` are the only
+code that reaches it, so the pipe never does CRF maths. `load_bytes` checks a config given
+at load time against the saved model before loading its weights.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -386,6 +386,21 @@ def tagger_piece_nbest(
         ]
         for p in range(len(rows))
     ]
+
+
+def tagger_marginals(
+    model: Model, emissions: list[Floats2d], temperature: float = 1.0
+) -> list[numpy.ndarray]:
+    """Per segment, the CRF posterior of each tag at each token, `(T, K)` float32 rows that
+    sum to one, from scores divided by `temperature`; computed in float64 (forward-backward)."""
+    if not emissions:
+        return []
+    crf = _crf(model, temperature)
+    scores, mask = _pad(model, emissions, crf)
+    scores = scores.double() / temperature
+    with torch.no_grad():
+        marginals = crf.marginals(scores, mask).float().cpu().numpy()  # shape: (B, T, K)
+    return [marginals[i, : len(array)] for i, array in enumerate(emissions)]
 
 
 def _crf(model: Model, temperature: float) -> CRF:

@@ -148,6 +148,14 @@ class Predictions(NamedTuple):
     nbest: list[list[Piece]] | None = None
 
 
+class Analysis(NamedTuple):
+    """A doc's pieces (the doc, or its sentences) with their best analysis and its log
+    probability, and each token's tag posteriors `(len(doc), K)`."""
+
+    pieces: list[Piece]
+    marginals: numpy.ndarray
+
+
 class BiLSTMCRFTagger(TrainablePipe):
     """Tags tokens with BILUO or BIO tags by a BiLSTM-CRF (Viterbi); writes them as `doc.ents`."""
 
@@ -241,17 +249,46 @@ class BiLSTMCRFTagger(TrainablePipe):
         self._require_built()
         with bilstm_crf_model.torch_threads(self.model, self._threads()):
             emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
+            return self._predictions(docs, emissions)
+
+    def analyze(self, docs: Iterable[Doc], unit: str = "doc") -> tuple[Predictions, list[Analysis]]:
+        """`predict`'s output and, per doc, what choosing texts to annotate needs: the best
+        analysis of each piece (the doc, or each sentence: `unit`) with its log probability,
+        and each token's tag posteriors, all at the calibrated `temperature`."""
+        if unit not in ("doc", "sentence"):
+            raise ValueError(f"[{self.name}] unit must be 'doc' or 'sentence', got {unit!r}.")
+        docs = list(docs)
+        self._require_built()
+        with bilstm_crf_model.torch_threads(self.model, self._threads()):
+            emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
+            predictions = self._predictions(docs, emissions)
             segments = bilstm_crf_model.doc_segments(self.model, docs)
-            paths, invalid = bilstm_crf_model.tagger_decode(self.model, emissions)
-            self.decode_stats["sequences"] += len(paths)
-            self.decode_stats["invalid"] += invalid
-            empty = numpy.zeros(0, dtype="int64")
-            per_doc = split_by(paths, [len(lengths) for lengths in segments])
-            tags = [numpy.concatenate([empty, *doc_paths]) for doc_paths in per_doc]
-            probs = None
-            if self.cfg["confidence"] or self.cfg["threshold"] > 0:
-                probs = self._span_probs(docs, emissions, segments, paths)
-            nbest = self._nbest(docs, emissions, segments) if self.cfg["nbest"] else None
+            pieces = self._best_analyses(docs, emissions, segments, 1, unit)
+            temperature = self.cfg["temperature"]
+            marginals = bilstm_crf_model.tagger_marginals(self.model, emissions, temperature)
+        empty = numpy.zeros((0, len(self.tag_names)), dtype="float32")
+        per_doc = split_by(marginals, [len(lengths) for lengths in segments])
+        return predictions, [
+            Analysis(doc_pieces, numpy.concatenate([empty, *doc_marginals]))
+            for doc_pieces, doc_marginals in zip(pieces, per_doc)
+        ]
+
+    def _predictions(self, docs: list[Doc], emissions: list[Floats2d]) -> Predictions:
+        """Decode the emissions of `docs` (inside `torch_threads`)."""
+        segments = bilstm_crf_model.doc_segments(self.model, docs)
+        paths, invalid = bilstm_crf_model.tagger_decode(self.model, emissions)
+        self.decode_stats["sequences"] += len(paths)
+        self.decode_stats["invalid"] += invalid
+        empty = numpy.zeros(0, dtype="int64")
+        per_doc = split_by(paths, [len(lengths) for lengths in segments])
+        tags = [numpy.concatenate([empty, *doc_paths]) for doc_paths in per_doc]
+        probs = None
+        if self.cfg["confidence"] or self.cfg["threshold"] > 0:
+            probs = self._span_probs(docs, emissions, segments, paths)
+        nbest = None
+        if self.cfg["nbest"]:
+            k, unit = self.cfg["nbest"], self.cfg["nbest_unit"]
+            nbest = self._best_analyses(docs, emissions, segments, k, unit)
         return Predictions(tags, probs, nbest)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Predictions) -> None:
@@ -479,13 +516,18 @@ class BiLSTMCRFTagger(TrainablePipe):
     def _segments(self, doc: Doc) -> list[int]:
         return bilstm_crf_model.doc_segments(self.model, [doc])[0]
 
-    def _nbest(
-        self, docs: list[Doc], emissions: list[Floats2d], segments: list[list[int]]
+    def _best_analyses(
+        self,
+        docs: list[Doc],
+        emissions: list[Floats2d],
+        segments: list[list[int]],
+        k: int,
+        unit: str,
     ) -> list[list[Piece]]:
-        """Per doc, its pieces with their `nbest` best analyses: the whole doc (its segments'
-        analyses combined), or each sentence within its segment."""
-        k, temperature = self.cfg["nbest"], self.cfg["temperature"]
-        if self.cfg["nbest_unit"] == "doc":
+        """Per doc, its pieces with their `k` best analyses: the whole doc (its segments'
+        analyses combined; `unit` "doc"), or each sentence within its segment."""
+        temperature = self.cfg["temperature"]
+        if unit == "doc":
             per_segment = bilstm_crf_model.tagger_nbest(self.model, emissions, k, temperature)
             per_doc = split_by(per_segment, [len(lengths) for lengths in segments])
             return [
