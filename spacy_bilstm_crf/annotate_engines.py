@@ -361,18 +361,13 @@ def _worker_main(tasks: Any, answers: Any, load: tuple, parent: int) -> None:
         answers.put((-1, None, _portable(error)))
         return
     keys = score_keys(nlp)
-    while True:
+    while os.getppid() == parent:
         try:
             task = tasks.get(timeout=_PARENT_POLL)
         except queue.Empty:
-            task = ()
-        if os.getppid() != parent:
-            answers.cancel_join_thread()  # no one reads them any more
-            return
+            continue
         if task is None:
             return
-        if not task:
-            continue
         number, texts = task
         try:
             docs = nlp.pipe(texts, batch_size=batch_size)
@@ -380,6 +375,7 @@ def _worker_main(tasks: Any, answers: Any, load: tuple, parent: int) -> None:
         except Exception as error:
             answers.put((number, None, _portable(error)))
             return
+    answers.cancel_join_thread()  # the parent is gone: no one reads them any more
 
 
 def _portable(error: Exception) -> Exception:
