@@ -55,11 +55,15 @@ class Task:
 
 
 def doc_tokens(doc: Doc | Span) -> list[tuple[str, int, int, bool]]:
-    """`(text, start, end, whitespace after)` per token, offsets from the start of `doc`."""
+    """`(text, start, end, whitespace after)` per token, offsets from the start of `doc`
+    (whose text ends at its last token: that one has no whitespace after)."""
     shift = doc.start_char if isinstance(doc, Span) else 0
+    last = len(doc) - 1
     return [
         (token.text, token.idx - shift, token.idx - shift + len(token), bool(token.whitespace_))
-        for token in doc
+        if i < last
+        else (token.text, token.idx - shift, token.idx - shift + len(token), False)
+        for i, token in enumerate(doc)
     ]
 
 

@@ -1,0 +1,222 @@
+"""Choose what a person should annotate next, from the `bilstm_crf` component's posteriors.
+
+`select` runs the pipeline over unlabelled rows (the batch annotator's `Row`s), scores every
+unit of every text by the strategy (see `uncertainty.py`), keeps the best within the budget
+and returns them as `Task`s pre-annotated with the model's entities and their probabilities.
+The pipeline's components before the tagger run as usual; texts without sentence boundaries
+get spaCy's rule-based `sentencizer` for the `sentence` and `span` units. Probabilities use the
+component's calibrated temperature.
+"""
+
+import heapq
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+from spacy.language import Language
+from spacy.pipeline import Sentencizer
+from spacy.tokens import Doc, Span
+from spacy.util import minibatch
+
+from .tasks import Task, doc_tokens, span_entities
+from .uncertainty import STRATEGIES, UNITS, Unit, choose, piece_units, span_units
+
+
+@dataclass
+class Selection:
+    """The chosen tasks, most informative first, and what the pool held."""
+
+    tasks: list[Task] = field(default_factory=list)
+    rows: int = 0
+    bad_rows: int = 0
+    tokens: int = 0
+    candidates: int = 0
+    excluded: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        reviewed = sum(task.review_tokens for task in self.tasks)
+        return (
+            f"{len(self.tasks):,} tasks ({reviewed:,} tokens to review) chosen from "
+            f"{self.candidates:,} candidates in {self.rows:,} rows ({self.tokens:,} tokens; "
+            f"{self.bad_rows:,} rows without a usable text, {self.excluded:,} units excluded) "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def parse_task_id(task_id: str) -> tuple[str, int, int]:
+    """`(source, start, end)` from a task id `SOURCE@START-END` (characters of the source)."""
+    source, at, span = str(task_id).rpartition("@")
+    start, dash, end = span.partition("-")
+    if not at or not dash or not start.isdigit() or not end.isdigit():
+        raise ValueError(f"{task_id!r} is not a task id (SOURCE@START-END)")
+    return source, int(start), int(end)
+
+
+def select(
+    nlp: Language,
+    rows: Iterable[Any],
+    *,
+    component: str = "ner",
+    unit: str = "sentence",
+    strategy: str = "mnlp",
+    n: int | None = None,
+    tokens: int | None = None,
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+    batch_size: int = 256,
+) -> Selection:
+    """The `n` most informative units of `rows` (or as many as fit in `tokens` tokens to
+    review), skipping units that overlap the tasks `exclude` names (their ids)."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    begin = time.perf_counter()
+    pipe = nlp.get_pipe(component)
+    excluded: dict[str, list[tuple[int, int]]] = {}
+    for task_id in exclude:
+        source, start, end = parse_task_id(task_id)
+        excluded.setdefault(source, []).append((start, end))
+    rng = numpy.random.default_rng(seed)
+    limit = n if n is not None else tokens
+    if limit is None or limit < 1:
+        raise ValueError("give a budget: n >= 1 tasks, or tokens >= 1")
+    kept: list[tuple[float, int, Task]] = []  # a heap of the best `limit` candidates
+    counter = itertools.count()
+    result = Selection()
+    saved = {key: pipe.cfg[key] for key in ("confidence", "threshold", "nbest")}
+    pipe.cfg.update(confidence=True, threshold=0.0, nbest=0)
+    try:
+        analyzed = _analyzed(nlp, pipe, rows, unit, batch_size, result)
+        for doc, source, analysis, spans_key in analyzed:
+            for task in _tasks(doc, source, analysis, unit, strategy, rng, spans_key):
+                if _overlaps(excluded.get(str(source), ()), task):
+                    result.excluded += 1
+                    continue
+                result.candidates += 1
+                item = (task.score, next(counter), task)
+                if len(kept) < limit:
+                    heapq.heappush(kept, item)
+                elif item[:2] > kept[0][:2]:
+                    heapq.heapreplace(kept, item)
+    finally:
+        pipe.cfg.update(saved)
+    best = [task for _, _, task in sorted(kept, key=lambda item: (-item[0], item[1]))]
+    units = [Unit(0, task.review_tokens, task.score, task.confidence) for task in best]
+    result.tasks = [best[i] for i in choose(units, n=n, tokens=tokens)]
+    result.seconds = time.perf_counter() - begin
+    return result
+
+
+def _analyzed(
+    nlp: Language, pipe: Any, rows: Iterable[Any], unit: str, batch_size: int, result: Selection
+) -> Iterator[tuple[Doc, Any, Any, str]]:
+    """`(doc, row id, analysis, spans key)` per usable row, the docs annotated by the pipe."""
+    before = nlp.pipe_names[: nlp.pipe_names.index(pipe.name)]
+    sentencizer = Sentencizer() if unit != "doc" else None
+    good = _usable(rows, result)
+    for batch in minibatch(good, size=batch_size):
+        sources = [source for source, _ in batch]
+        with nlp.select_pipes(enable=before):
+            docs = list(nlp.pipe(text for _, text in batch))
+        if sentencizer is not None:
+            docs = [doc if doc.has_annotation("SENT_START") else sentencizer(doc) for doc in docs]
+        predictions, analyses = pipe.analyze(docs, unit="sentence" if unit == "sentence" else "doc")
+        pipe.set_annotations(docs, predictions)
+        for doc, source, analysis in zip(docs, sources, analyses):
+            result.tokens += len(doc)
+            yield doc, source, analysis, pipe.cfg["spans_key"]
+
+
+def _usable(rows: Iterable[Any], result: Selection) -> Iterator[tuple[Any, str]]:
+    """`(id, text)` of the rows that have a text; counts them all."""
+    for row in rows:
+        result.rows += 1
+        if row.error is not None:
+            result.bad_rows += 1
+        else:
+            yield row.id, row.text
+
+
+def _tasks(
+    doc: Doc,
+    source: Any,
+    analysis: Any,
+    unit: str,
+    strategy: str,
+    rng: numpy.random.Generator,
+    spans_key: str,
+) -> Iterator[Task]:
+    """The doc's candidate units as tasks."""
+    group = doc.spans.get(spans_key)
+    scores: dict[tuple[int, int, str], float] = {}
+    if group is not None:
+        for span, score in zip(group, group.attrs.get("scores", ())):
+            scores[(span.start, span.end, span.label_)] = float(score)
+    if unit == "span":
+        sentences = [(sent.start, sent.end) for sent in doc.sents]
+        measure = "lc" if strategy == "mnlp" else strategy
+        for found in span_units(analysis.marginals, sentences, measure, rng):
+            start, end = _trimmed(doc, found.start, found.end)
+            if start < end:
+                sentence = doc[start].sent
+                yield _task(doc, source, sentence, (start, end), found, unit, strategy, scores)
+        return
+    pieces = [(p.start, p.end, p.analyses[0][1] if p.analyses else 0.0) for p in analysis.pieces]
+    for found in piece_units(pieces, analysis.marginals, strategy, rng):
+        start, end = _trimmed(doc, found.start, found.end)
+        if start < end:
+            piece = doc[start:end] if unit == "sentence" else doc
+            yield _task(doc, source, piece, (start, end), found, unit, strategy, scores)
+
+
+def _trimmed(doc: Doc, start: int, end: int) -> tuple[int, int]:
+    """Token range without leading or trailing whitespace tokens."""
+    while start < end and doc[start].is_space:
+        start += 1
+    while end > start and doc[end - 1].is_space:
+        end -= 1
+    return start, end
+
+
+def _task(
+    doc: Doc,
+    source: Any,
+    context: Doc | Span,
+    review: tuple[int, int],
+    found: Unit,
+    unit: str,
+    strategy: str,
+    scores: dict[tuple[int, int, str], float],
+) -> Task:
+    """A task showing `context` (the doc or a sentence), the tokens `review` to review."""
+    offset = context.start_char if isinstance(context, Span) else 0
+    first, last = doc[review[0]].idx, doc[review[1] - 1].idx + len(doc[review[1] - 1])
+    shown = [
+        span
+        for span in doc.ents
+        if unit != "span" or (span.end > review[0] and span.start < review[1])
+    ]
+    return Task(
+        id=f"{source}@{first}-{last}",
+        text=context.text,
+        tokens=doc_tokens(context),
+        entities=list(span_entities(context, shown, scores)),
+        review=(first - offset, last - offset),
+        score=found.score,
+        confidence=found.confidence,
+        source=source,
+        offset=offset,
+        meta={"unit": unit, "strategy": strategy},
+    )
+
+
+def _overlaps(regions: Iterable[tuple[int, int]], task: Task) -> bool:
+    """Whether the task's review region overlaps one of these character ranges of its
+    source text."""
+    start, end = task.review[0] + task.offset, task.review[1] + task.offset
+    return any(first < end and start < last for first, last in regions)
