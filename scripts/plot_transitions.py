@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy
 import spacy
 
-from spacy_bilstm_crf.model import torch_module
+from spacy_bilstm_crf.ml.bilstm_crf import torch_module
 
 START, END = "START", "END"
 

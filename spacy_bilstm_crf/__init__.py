@@ -2,16 +2,34 @@
 
 Importing registers the `bilstm_crf` factory and the architectures; spaCy also finds them
 through entry points, so `nlp.add_pipe("bilstm_crf")` needs no import.
+
+How data flows, and where:
+
+    Doc -> ml/ (token features; segments; the thinc wrapper) -> nn/ (BiLSTM -> emission
+    scores -> CRF) -> ml/crf_ops.py (decode, probabilities) -> pipeline/ (tags -> doc.ents)
+
+- `tags.py`: tag schemes (BIO, BILUO), tag names and the CRF's allowed moves. No torch.
+- `nn/`: the PyTorch modules, BiLSTM and CRF with its algorithms; nothing of spaCy or thinc.
+- `ml/`: thinc architectures: token features and `BiLSTMCRF.v1`, and the CRF operations.
+- `pipeline/`: the `bilstm_crf` component; it never does CRF maths itself.
+- `training/`: CoNLL reading, gold tags for training, config callbacks.
+- `calibration/`: calibration metrics and temperature fitting.
+- `annotate/`: the batch annotator, locally or on Ray.
+- `active/`: the annotation loop: choose what to label, tool formats, ingest the answers.
+- `cli/`: `python -m spacy_bilstm_crf COMMAND` (convert, annotate, calibrate, select, ingest).
 """
 
-from .bilstm import BiLSTMTagger
-from .callbacks import make_check_vectors, make_require
-from .crf import CRF
-from .features import build_projected_embed, build_word_char_embed
-from .model import build_bilstm_crf
-from .pipe import BiLSTMCRFTagger, make_bilstm_crf
+from .ml import (
+    build_bilstm_crf,
+    build_concat_features,
+    build_projected_embed,
+    build_word_char_embed,
+    build_word_char_embed_v2,
+)
+from .nn import CRF, BiLSTMTagger
+from .pipeline import BiLSTMCRFTagger, make_bilstm_crf
 from .tags import Constraints, allowed_transitions, tag_names
-from .token_features import build_word_char_embed_v2
+from .training import make_check_vectors, make_require
 
 __all__ = [
     "CRF",
@@ -20,6 +38,7 @@ __all__ = [
     "Constraints",
     "allowed_transitions",
     "build_bilstm_crf",
+    "build_concat_features",
     "build_projected_embed",
     "build_word_char_embed",
     "build_word_char_embed_v2",

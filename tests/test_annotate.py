@@ -18,8 +18,8 @@ from spacy.training import Example
 
 from spacy_bilstm_crf.__main__ import main
 from spacy_bilstm_crf.annotate import AnnotateError, annotate
-from spacy_bilstm_crf.annotate_engines import init_local_ray
-from spacy_bilstm_crf.annotate_io import MANIFEST, read_shard
+from spacy_bilstm_crf.annotate.ray_engine import init_local_ray
+from spacy_bilstm_crf.annotate.shards import MANIFEST, read_shard
 
 TRAIN_DATA = [
     ("Who is Shaka Khan?", {"entities": [(7, 17, "PERSON")]}),
@@ -208,7 +208,7 @@ def test_bad_rows_keep_their_place(model_dir, tmp_path) -> None:
 
 
 def test_long_text_message_has_thousands_separators(tmp_path) -> None:
-    from spacy_bilstm_crf.annotate_io import text_error
+    from spacy_bilstm_crf.annotate.rows import text_error
 
     assert text_error("x" * 2_000_001, 1_000_000) == (
         "text has 2,000,001 characters, more than max_chars 1,000,000"

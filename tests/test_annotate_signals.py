@@ -21,8 +21,8 @@ import torch
 from spacy.training import Example
 
 from spacy_bilstm_crf.annotate import AnnotateError, annotate
-from spacy_bilstm_crf.annotate_engines import WorkerPool
-from spacy_bilstm_crf.annotate_io import MANIFEST
+from spacy_bilstm_crf.annotate.local import WorkerPool
+from spacy_bilstm_crf.annotate.shards import MANIFEST
 
 TRAIN_DATA = [
     ("Who is Shaka Khan?", {"entities": [(7, 17, "PERSON")]}),

@@ -4,8 +4,8 @@ import numpy
 import pytest
 import torch
 
-from spacy_bilstm_crf.bilstm import BiLSTMTagger
-from spacy_bilstm_crf.layout import bucket_layout
+from spacy_bilstm_crf.nn.bilstm import BiLSTMTagger
+from spacy_bilstm_crf.nn.layout import bucket_layout
 
 
 def _runs(grid: torch.Tensor, step: int, lengths: list[int]) -> list[int]:

@@ -24,8 +24,8 @@ from spacy.util import fix_random_seed
 
 from spacy_bilstm_crf import calibration
 from spacy_bilstm_crf.__main__ import main
-from spacy_bilstm_crf.known_entities import are_known, entity_key
-from spacy_bilstm_crf.model import torch_module
+from spacy_bilstm_crf.ml.bilstm_crf import torch_module
+from spacy_bilstm_crf.pipeline.known_entities import are_known, entity_key
 
 TRAIN_DATA = [
     ("Who is Shaka Khan?", {"entities": [(7, 17, "PERSON")]}),

@@ -7,8 +7,8 @@ import spacy
 import torch
 from thinc.api import Adam, fix_random_seed
 
-from spacy_bilstm_crf.chars import PAD, CharCNN, build_char_cnn, word_bytes
-from spacy_bilstm_crf.features import build_word_char_embed
+from spacy_bilstm_crf.ml.char_cnn import PAD, CharCNN, build_char_cnn, word_bytes
+from spacy_bilstm_crf.ml.word_char_embed_v1 import build_word_char_embed
 
 
 def brute_force(module: CharCNN, ids: list[int]) -> numpy.ndarray:

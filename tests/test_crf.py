@@ -9,9 +9,14 @@ import torch
 from torch.func import functional_call
 
 from spacy_bilstm_crf import CRF, allowed_transitions, tag_names
-from spacy_bilstm_crf.crf import _LogPartition, _path_score, _reference_log_z, _scaled_forward
-from spacy_bilstm_crf.nbest import kbest_viterbi
-from spacy_bilstm_crf.span_probs import forward_backward
+from spacy_bilstm_crf.nn.forward_backward import (
+    LogPartition,
+    path_score,
+    reference_log_z,
+    scaled_forward,
+)
+from spacy_bilstm_crf.nn.nbest import kbest_viterbi
+from spacy_bilstm_crf.nn.span_probs import forward_backward
 from spacy_bilstm_crf.tags import Constraints, is_valid
 
 NEG_INF = float("-inf")
@@ -227,7 +232,7 @@ def test_gradients_match_finite_differences() -> None:
         assert torch.autograd.gradcheck(nll, inputs)
         raw = [v.detach().clone().requires_grad_() for v in params.values()]
         assert torch.autograd.gradcheck(
-            lambda e, trans, start, end: _LogPartition.apply(e, trans, start, end, mask),
+            lambda e, trans, start, end: LogPartition.apply(e, trans, start, end, mask),
             (emissions, *raw),
         )
 
@@ -239,10 +244,10 @@ def test_underflowing_rows_take_the_log_space_path() -> None:
     emissions[1, 0, 1] = 2000.0  # B-A first, then I-A wins by far only after B-A
     emissions[1, 1, 2] = 2000.0
     trans, start, end = (s.detach() for s in crf._scores(torch.float64))
-    state = _scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
+    state = scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
     assert state.bad.tolist() == [False, False]
     emissions[1, 0, 1] = -2000.0
-    state = _scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
+    state = scaled_forward(emissions, trans, start, end, torch.ones(2, 3, dtype=torch.bool))
     assert state.bad.tolist() == [False, True]
     exp_z = brute_force(crf, emissions[1], 3)[0]
     assert float(crf.log_partition(emissions)[1].detach()) == pytest.approx(exp_z, rel=1e-12)
@@ -372,15 +377,15 @@ def test_gold_nll_gradients_on_underflowing_rows_match_log_space_autograd() -> N
     mask = torch.tensor([[True] * 4, [True] * 3 + [False], [True, True, False, False]])
     tags = torch.tensor([[0, 1, 2, 0], [1, 2, 0, 0], [3, 4, 0, 0]])
     trans, start, end = (s.detach() for s in crf._scores(torch.float64))
-    assert _scaled_forward(emissions, trans, start, end, mask).bad.tolist() == [False, True, False]
+    assert scaled_forward(emissions, trans, start, end, mask).bad.tolist() == [False, True, False]
     emissions.requires_grad_()
     crf.nll(emissions, tags, mask).sum().backward()
     got = [emissions.grad] + [p.grad for p in crf.parameters()]
     leaves = [x.detach().clone().requires_grad_() for x in (emissions, *crf.parameters())]
     allowed = (crf.allowed, crf.allowed_start, crf.allowed_end)
     scores = [x.masked_fill(~ok, NEG_INF) for x, ok in zip(leaves[1:], allowed)]
-    log_z = _reference_log_z(leaves[0], *scores, mask)
-    (log_z - _path_score(leaves[0], tags, mask, *scores)).sum().backward()
+    log_z = reference_log_z(leaves[0], *scores, mask)
+    (log_z - path_score(leaves[0], tags, mask, *scores)).sum().backward()
     for actual, leaf in zip(got, leaves):
         assert torch.allclose(actual, leaf.grad, atol=1e-9)
 

@@ -19,8 +19,8 @@ from spacy.training import Example
 from spacy.util import load_config, registry
 from thinc.api import Adam
 
-from spacy_bilstm_crf import model as bilstm_crf_model
-from spacy_bilstm_crf.parallel import one_intra_op_thread
+from spacy_bilstm_crf.ml import bilstm_crf as bilstm_crf_model
+from spacy_bilstm_crf.nn.parallel import one_intra_op_thread
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DATA = [

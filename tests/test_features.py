@@ -5,7 +5,7 @@ import pytest
 import spacy
 from thinc.api import fix_random_seed
 
-from spacy_bilstm_crf.features import UNKNOWN_NORM, build_word_char_embed, drop_norms
+from spacy_bilstm_crf.ml.word_char_embed_v1 import UNKNOWN_NORM, build_word_char_embed, drop_norms
 
 
 def test_word_dropout_replaces_norms_of_copies_at_the_rate() -> None:

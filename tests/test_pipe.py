@@ -14,7 +14,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
-from spacy_bilstm_crf import model as bilstm_crf_model
+from spacy_bilstm_crf.ml import bilstm_crf as bilstm_crf_model
 from spacy_bilstm_crf.tags import is_valid
 
 TRAIN_DATA = [
@@ -127,7 +127,7 @@ def test_entities_never_start_or_end_on_whitespace(trained: Language) -> None:
 
 
 def _predictions(tags):
-    from spacy_bilstm_crf.pipe import Predictions
+    from spacy_bilstm_crf.pipeline.bilstm_crf import Predictions
 
     return Predictions(tags, None)
 

@@ -18,7 +18,7 @@ import spacy
 import srsly
 from weasel.util import load_project_config
 
-from spacy_bilstm_crf.conll import convert
+from spacy_bilstm_crf.training.conll import convert
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -143,6 +143,7 @@ def test_fetched_assets_convert_with_the_default_data_dir(tmp_path: Path) -> Non
     """What `project assets` downloads converts as `--vars.dataset wnut17` (offline: the files
     are put in place first, so their checksums match and nothing is downloaded)."""
     shutil.copy(REPO / "project.yml", tmp_path)
+    shutil.copytree(REPO / "scripts", tmp_path / "scripts")  # convert writes the vectors too
     (tmp_path / "assets" / "wnut17").mkdir(parents=True)
     for name in WNUT17_BLOB_IDS:
         (tmp_path / "assets" / "wnut17" / name).write_bytes(upstream_wnut17(name))

@@ -5,7 +5,12 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from spacy_bilstm_crf.spans import docs_entities, read_entities, read_sequences, trim_spaces
+from spacy_bilstm_crf.pipeline.spans import (
+    docs_entities,
+    read_entities,
+    read_sequences,
+    trim_spaces,
+)
 from spacy_bilstm_crf.tags import tag_names
 
 

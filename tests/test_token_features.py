@@ -11,7 +11,7 @@ from spacy.training import Example
 from spacy.vectors import Vectors
 from thinc.api import fix_random_seed
 
-from spacy_bilstm_crf.token_features import (
+from spacy_bilstm_crf.ml.word_char_embed import (
     build_word_char_embed_v2,
     char_features,
     word_byte_ids,

@@ -8,7 +8,7 @@ import torch
 from spacy.language import Language
 from spacy.training import Example
 
-from spacy_bilstm_crf.bilstm import BiLSTMTagger
+from spacy_bilstm_crf.nn.bilstm import BiLSTMTagger
 from spacy_bilstm_crf.tags import allowed_transitions, is_valid, restart_tags, tag_names
 
 TRAIN_DATA = [

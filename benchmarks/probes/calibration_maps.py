@@ -24,7 +24,7 @@ GRID = numpy.exp(numpy.linspace(numpy.log(0.8), numpy.log(4.0), 29))
 def outcomes(nlp, pipe, examples: list, temperature: float) -> tuple[numpy.ndarray, ...]:
     """Probability and correctness of each predicted entity at `temperature`."""
     every = {"seen_temperature": None, "unseen_temperature": None}  # one T for all entities
-    with calibration._settings(pipe, temperature=temperature, **every):
+    with calibration.temperature._settings(pipe, temperature=temperature, **every):
         found = calibration.entity_outcomes(nlp, examples)
     return found.probs, found.correct
 

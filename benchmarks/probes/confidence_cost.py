@@ -17,7 +17,7 @@ import torch
 from spacy.tokens import DocBin
 
 from spacy_bilstm_crf.calibration import read_examples
-from spacy_bilstm_crf.known_entities import training_keys
+from spacy_bilstm_crf.pipeline.known_entities import training_keys
 
 SETTINGS = {
     "confidence off": {"confidence": False},

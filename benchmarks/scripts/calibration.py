@@ -42,7 +42,7 @@ from spacy_bilstm_crf.calibration import (
     read_examples,
     reliability,
 )
-from spacy_bilstm_crf.known_entities import training_keys
+from spacy_bilstm_crf.pipeline.known_entities import training_keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from speed import cpu_model  # noqa: E402

@@ -312,3 +312,52 @@ def _answer(
             raise FormatError(f"{where}: entities overlap at characters {start}-{end}")
     offset = meta.get("offset", 0)
     return Answer(text, review, ordered, where, meta.get("source"), offset)
+
+
+def read_task_ids(path: Path) -> list[str]:
+    """The task ids in a file of tasks or answers in any of the formats (JSON lines, or one
+    JSON list), or in a plain list of ids, one per line."""
+    raw = path.read_text(encoding="utf-8-sig")
+    if raw.lstrip().startswith("["):
+        try:
+            records: list[Any] = json.loads(raw)
+        except ValueError as error:
+            raise FormatError(f"{path}: not valid JSON: {error}") from None
+    else:
+        records = []
+        for line in raw.splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    records.append(json.loads(line) if line.startswith("{") else line)
+                except ValueError as error:
+                    raise FormatError(f"{path}: {line[:40]!r} is not valid JSON: {error}") from None
+    ids = []
+    for record in records:
+        if isinstance(record, str):
+            ids.append(record)
+            continue
+        found = [
+            place.get("task_id")
+            for place in (record, record.get("meta") or {}, record.get("data") or {})
+            if isinstance(place, dict) and place.get("task_id") is not None
+        ]
+        if not found:
+            raise FormatError(f"{path}: a record without a task_id: {str(record)[:80]}")
+        ids.append(str(found[0]))
+    return ids
+
+
+def write_tasks(tasks: Iterable[Task], path: Path, fmt: str) -> int:
+    """Write the tasks for the tool `fmt`: JSON lines, or (Label Studio) one JSON list, which
+    its importer reads. Returns how many were written."""
+    records = [to_record(task, fmt) for task in tasks]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file_:
+        if fmt == "label-studio":
+            json.dump(records, file_, ensure_ascii=False, indent=1)
+            file_.write("\n")
+        else:
+            for record in records:
+                file_.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(records)

@@ -2,8 +2,9 @@
 
 spaCy's `CharacterEmbed` sees a fixed number of bytes from each end of a word; this layer reads
 every byte of words up to `max_bytes` long (longer ones keep their first and last halves), so
-that the morphology of unseen names (`-ski`, `-ford`, `Mc-`) reaches the BiLSTM. `CharCNN` is
-plain PyTorch over byte ids; `build_char_cnn` turns Docs into those ids and wraps it for thinc.
+that the morphology of unseen names (`-ski`, `-ford`, `Mc-`) reaches the BiLSTM. `CharCNN`
+(`nn/char_cnn.py`) is plain PyTorch over byte ids; `build_char_cnn` turns Docs into those ids
+and wraps it for thinc.
 """
 
 from collections.abc import Callable, Sequence
@@ -12,40 +13,11 @@ import numpy
 from spacy.tokens import Doc
 from thinc.api import ArgsKwargs, Model, xp2torch
 from thinc.types import Floats2d, Ints2d
-from torch import Tensor, nn
 
-from .serialize import torch_wrapper
+from ..nn.char_cnn import PAD, CharCNN
+from .torch_wrapper import torch_wrapper
 
-# Byte ids are the UTF-8 byte plus one; 0 pads words shorter than `max_bytes`.
-PAD = 0
-NUM_SYMBOLS = 257
-
-
-class CharCNN(nn.Module):
-    """Byte embeddings, one convolution and a max over each word's positions.
-
-    `forward` takes `(N, L)` byte ids (PAD where a word has no byte) and returns `(N, width)`
-    features; a word with no byte at all gets zeros.
-    """
-
-    def __init__(
-        self, width: int, char_dim: int = 32, kernel: int = 3, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        if width < 1 or char_dim < 1:
-            raise ValueError(f"width and char_dim must be positive, got {width} and {char_dim}.")
-        if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"kernel must be a positive odd number, got {kernel}.")
-        self.embed = nn.Embedding(NUM_SYMBOLS, char_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
-        self.conv = nn.Conv1d(char_dim, width, kernel, padding=kernel // 2)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        mask = ids != PAD
-        chars = self.dropout(self.embed(ids)).transpose(1, 2)
-        scores = self.conv(chars).masked_fill(~mask.unsqueeze(1), float("-inf"))
-        best = scores.max(dim=2).values
-        return best.masked_fill(~mask.any(dim=1, keepdim=True), 0.0)
+__all__ = ["PAD", "CharCNN", "build_char_cnn", "word_bytes"]
 
 
 def word_bytes(words: Sequence[str], max_bytes: int) -> numpy.ndarray:

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..tags import Constraints
 from .crf import CRF
 from .layout import Layout, bucket_layout
 from .parallel import run_tasks
-from .tags import Constraints
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 HEADS = ("crf", "softmax")

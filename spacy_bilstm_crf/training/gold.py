@@ -15,7 +15,7 @@ from spacy.attrs import ENT_IOB, ENT_TYPE, IS_SPACE, ORTH
 from spacy.training import Example
 from spacy.training.iob_utils import biluo_to_iob
 
-from .tags import split_tag
+from ..tags import restart_tags, split_tag
 
 # ENT_IOB values in spaCy: 0 missing, 1 inside, 2 outside, 3 begin.
 _MISSING, _INSIDE, _OUTSIDE, _BEGIN = 0, 1, 2, 3
@@ -65,6 +65,22 @@ def gold_tag_ids(example: Example, labels: Sequence[str], scheme: str) -> numpy.
         width = 4
     entity_ids = 1 + label_ids * width + prefix
     return numpy.where(in_entity, entity_ids, ids).astype("int32")
+
+
+def restart_segments(
+    ids: Sequence[int], lengths: Sequence[int], tags: Sequence[str], scheme: str
+) -> list[list[int]]:
+    """Tag ids cut into the segments of `lengths`, as the model cuts the doc: an entity cut
+    by a segment boundary restarts there, as it does in prediction."""
+    first, last = restart_tags(tags, scheme)
+    pieces, start = [], 0
+    for length in lengths:
+        piece = list(ids[start : start + length])
+        start += length
+        piece[0] = first.get(piece[0], piece[0])
+        piece[-1] = last.get(piece[-1], piece[-1])
+        pieces.append(piece)
+    return pieces
 
 
 def _aligned_tag_ids(example: Example, labels: Sequence[str], scheme: str) -> numpy.ndarray:

@@ -5,7 +5,7 @@ the last one (columns separated by tabs or spaces, middle columns are ignored), 
 blank or whitespace-only line between sentences, optional `-DOCSTART-` lines.
 Tags are IOB1 or IOB2 and are always returned as IOB2.
 
-Run `python -m spacy_bilstm_crf.conll INPUT OUTPUT [--n-sents 10] [--scheme auto] [--limit N]`
+Run `python -m spacy_bilstm_crf convert INPUT OUTPUT [--n-sents 10] [--scheme auto] [--limit N]`
 (`--limit 0`, the default, converts every sentence).
 """
 
@@ -301,10 +301,8 @@ def _jobs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
     return [(path, output_path / f"{path.stem}.spacy") for path in inputs]
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_bilstm_crf.conll", description=__doc__.splitlines()[0]
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line's arguments (shared by `python -m spacy_bilstm_crf convert`)."""
     parser.add_argument("input", type=Path, help="a .conll file, or a directory of them")
     parser.add_argument("output", type=Path, help="the .spacy file, or a directory")
     parser.add_argument("--n-sents", type=int, default=10, help="sentences per doc (fallback)")
@@ -315,12 +313,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="convert only the first N sentences of each file (0: all)",
     )
-    return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    args = _parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Convert as the parsed arguments say, printing each file's counts; returns the exit
+    status (1 with one line on bad input)."""
     try:
         for source, target in _jobs(args.input, args.output):
             stats = convert(
@@ -335,6 +332,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m spacy_bilstm_crf convert", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,11 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy
 import srsly
 from spacy import util
-from spacy.attrs import IS_SPACE
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.scorer import get_ner_prf
@@ -19,21 +18,14 @@ from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d
 
-from . import model as bilstm_crf_model
-from .gold import UnknownLabelError, gold_tag_ids
-from .known_entities import are_known, training_keys
-from .parallel import default_threads
-from .segments import split_by
-from .spans import (
-    Entities,
-    doc_entities,
-    docs_entities,
-    read_entities,
-    read_sequences,
-    set_entities,
-    trim_spaces,
-)
-from .tags import SCHEMES, restart_tags, tag_names
+from ..ml import bilstm_crf as bilstm_crf_model
+from ..ml import crf_ops
+from ..ml.segments import split_by
+from ..tags import SCHEMES, tag_names
+from ..training.gold import UnknownLabelError, gold_tag_ids, restart_segments
+from .analyses import Analysis, Predictions, best_analyses, entity_probs
+from .known_entities import training_keys
+from .spans import docs_entities, set_entities, set_nbest
 
 default_model_config = """
 [model]
@@ -99,20 +91,13 @@ def make_bilstm_crf(
     threads: int,
     scorer: Callable | None,
 ) -> "BiLSTMCRFTagger":
-    """A BiLSTM-CRF entity tagger.
+    """A BiLSTM-CRF entity tagger (the options are those of README.md's table).
 
-    `overwrite`: replace entities set by earlier components (else keep them and add only
-    non-overlapping ones). `confidence`: also store each predicted entity in
-    `doc.spans[spans_key]` with its CRF probability in `attrs["scores"]`. `threshold`: keep
-    only entities whose probability reaches it (0 keeps all). `nbest`: also write the `nbest`
-    most probable analyses of each doc as span groups `doc.spans[f"{spans_key}_nbest_{rank}"]`
-    (rank 1 is the best), with the analysis's probability in `attrs["probability"]`
-    (0 turns them off); with `nbest_unit = "sentence"`, the `nbest` most probable analyses
-    of each sentence instead, rank by rank, their probabilities (under the whole doc's CRF)
-    in `attrs["probabilities"]`, aligned with the sentences' token offsets in
-    `attrs["pieces"]`. `scheme`: the tags the model
-    predicts, "BILUO" (as spaCy's `ner`) or "BIO"; `doc.ents` are the same kind either way.
-    `threads`: CPU threads for the component's torch work (0: up to 2, as the process may use).
+    `overwrite`: replace entities of earlier components. `confidence`: each entity also in
+    `doc.spans[spans_key]`, its CRF probability in `attrs["scores"]`; `threshold`: keep only
+    entities whose probability reaches it. `nbest`: the `nbest` most probable analyses of each
+    doc (or sentence: `nbest_unit`) as span groups `f"{spans_key}_nbest_{rank}"`. `scheme`:
+    the tags the CRF predicts, "BILUO" or "BIO". `threads`: CPU threads (0: up to 2).
     """
     return BiLSTMCRFTagger(
         nlp.vocab,
@@ -128,32 +113,6 @@ def make_bilstm_crf(
         threads=threads,
         scorer=scorer,
     )
-
-
-class Piece(NamedTuple):
-    """Tokens `start..end-1` of a doc (all of it, or a sentence) and their best analyses: tag
-    ids and log probability, best first."""
-
-    start: int
-    end: int
-    analyses: list[tuple[numpy.ndarray, float]]
-
-
-class Predictions(NamedTuple):
-    """What `predict` returns: tag ids per doc, entity probabilities and the n best analyses
-    of each doc's pieces when asked for."""
-
-    tags: list[numpy.ndarray]
-    probs: list[numpy.ndarray] | None
-    nbest: list[list[Piece]] | None = None
-
-
-class Analysis(NamedTuple):
-    """A doc's pieces (the doc, or its sentences) with their best analysis and its log
-    probability, and each token's tag posteriors `(len(doc), K)`."""
-
-    pieces: list[Piece]
-    marginals: numpy.ndarray
 
 
 class BiLSTMCRFTagger(TrainablePipe):
@@ -263,9 +222,11 @@ class BiLSTMCRFTagger(TrainablePipe):
             emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
             predictions = self._predictions(docs, emissions)
             segments = bilstm_crf_model.doc_segments(self.model, docs)
-            pieces = self._best_analyses(docs, emissions, segments, 1, unit)
+            pieces = best_analyses(
+                self.model, docs, emissions, segments, 1, unit, self.cfg["temperature"]
+            )
             temperature = self.cfg["temperature"]
-            marginals = bilstm_crf_model.tagger_marginals(self.model, emissions, temperature)
+            marginals = crf_ops.tagger_marginals(self.model, emissions, temperature)
         empty = numpy.zeros((0, len(self.tag_names)), dtype="float32")
         per_doc = split_by(marginals, [len(lengths) for lengths in segments])
         return predictions, [
@@ -276,7 +237,7 @@ class BiLSTMCRFTagger(TrainablePipe):
     def _predictions(self, docs: list[Doc], emissions: list[Floats2d]) -> Predictions:
         """Decode the emissions of `docs` (inside `torch_threads`)."""
         segments = bilstm_crf_model.doc_segments(self.model, docs)
-        paths, invalid = bilstm_crf_model.tagger_decode(self.model, emissions)
+        paths, invalid = crf_ops.tagger_decode(self.model, emissions)
         self.decode_stats["sequences"] += len(paths)
         self.decode_stats["invalid"] += invalid
         empty = numpy.zeros(0, dtype="int64")
@@ -284,11 +245,13 @@ class BiLSTMCRFTagger(TrainablePipe):
         tags = [numpy.concatenate([empty, *doc_paths]) for doc_paths in per_doc]
         probs = None
         if self.cfg["confidence"] or self.cfg["threshold"] > 0:
-            probs = self._span_probs(docs, emissions, segments, paths)
+            probs = entity_probs(self.model, docs, emissions, segments, paths, self.cfg)
         nbest = None
         if self.cfg["nbest"]:
             k, unit = self.cfg["nbest"], self.cfg["nbest_unit"]
-            nbest = self._best_analyses(docs, emissions, segments, k, unit)
+            nbest = best_analyses(
+                self.model, docs, emissions, segments, k, unit, self.cfg["temperature"]
+            )
         return Predictions(tags, probs, nbest)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Predictions) -> None:
@@ -315,40 +278,13 @@ class BiLSTMCRFTagger(TrainablePipe):
                 group.attrs["scores"] = numpy.asarray(probs, dtype="float32")
                 doc.spans[self.cfg["spans_key"]] = group
             if predictions.nbest is not None:
-                self._set_nbest(doc, predictions.nbest[i])
-
-    def _set_nbest(self, doc: Doc, pieces: list[Piece]) -> None:
-        """Write the analyses of rank r of every piece as the span group
-        `{spans_key}_nbest_{r}`, with their probabilities."""
-        key, labels, scheme = self.cfg["spans_key"], self.labels, self.cfg["scheme"]
-        is_space = doc.to_array(IS_SPACE).astype(bool)
-        ranks = max((len(piece.analyses) for piece in pieces), default=0)
-        for rank in range(1, ranks + 1):
-            spans, probabilities = [], []
-            for piece in pieces:
-                if len(piece.analyses) < rank:
-                    probabilities.append(0.0)
-                    continue
-                ids, log_prob = piece.analyses[rank - 1]
-                probabilities.append(float(numpy.exp(log_prob)))
-                if self.cfg["nbest_unit"] == "doc":
-                    entities, _ = doc_entities(doc, ids, self._segments(doc), scheme)
-                else:  # one sentence, inside one segment
-                    found = read_entities(ids, scheme)
-                    shift = piece.start
-                    moved = Entities(found.starts + shift, found.ends + shift, found.labels)
-                    entities, _ = trim_spaces(moved, is_space)
-                spans += [
-                    Span(doc, int(start), int(end), label=labels[label])
-                    for start, end, label in zip(*entities)
-                ]
-            group = SpanGroup(doc, name=f"{key}_nbest_{rank}", spans=spans)
-            group.attrs["rank"] = rank
-            group.attrs["pieces"] = [[piece.start, piece.end] for piece in pieces]
-            group.attrs["probabilities"] = probabilities
-            if len(pieces) == 1:
-                group.attrs["probability"] = probabilities[0]
-            doc.spans[group.name] = group
+                set_nbest(
+                    doc,
+                    predictions.nbest[i],
+                    self.labels,
+                    self.cfg,
+                    self._segments(doc),
+                )
 
     def update(
         self,
@@ -389,15 +325,11 @@ class BiLSTMCRFTagger(TrainablePipe):
         examples = list(examples)
         validate_examples(examples, "BiLSTMCRFTagger.get_loss")
         segments = bilstm_crf_model.doc_segments(self.model, [eg.predicted for eg in examples])
-        first, last = restart_tags(self.tag_names, self.cfg["scheme"])
-        gold = []
+        scheme, gold = self.cfg["scheme"], []
         for eg, lengths in zip(examples, segments):
-            for piece in split_by(self._gold_ids(eg), lengths):
-                # An entity cut by a segment boundary restarts there, as it does in prediction.
-                piece[0] = first.get(piece[0], piece[0])
-                piece[-1] = last.get(piece[-1], piece[-1])
-                gold.append(self.model.ops.asarray1i(piece))
-        loss, d_scores = bilstm_crf_model.tagger_loss(self.model, scores, gold)
+            pieces = restart_segments(self._gold_ids(eg), lengths, self.tag_names, scheme)
+            gold += [self.model.ops.asarray1i(piece) for piece in pieces]
+        loss, d_scores = crf_ops.tagger_loss(self.model, scores, gold)
         if not numpy.isfinite(loss):
             raise ValueError(
                 f"[{self.name}] The CRF loss is {loss}: a gold tag sequence has no allowed path, "
@@ -501,7 +433,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         `nlp.pipe(n_process=...)` makes), where the others are busy with their own docs."""
         if os.getpid() != self._pid:
             return 1
-        return self.cfg["threads"] or default_threads()
+        return self.cfg["threads"] or bilstm_crf_model.default_threads()
 
     def _gold_ids(self, example: Example) -> list[int]:
         """Gold tag ids on the predicted tokens: `-1` where annotation is missing."""
@@ -515,136 +447,3 @@ class BiLSTMCRFTagger(TrainablePipe):
 
     def _segments(self, doc: Doc) -> list[int]:
         return bilstm_crf_model.doc_segments(self.model, [doc])[0]
-
-    def _best_analyses(
-        self,
-        docs: list[Doc],
-        emissions: list[Floats2d],
-        segments: list[list[int]],
-        k: int,
-        unit: str,
-    ) -> list[list[Piece]]:
-        """Per doc, its pieces with their `k` best analyses: the whole doc (its segments'
-        analyses combined; `unit` "doc"), or each sentence within its segment."""
-        temperature = self.cfg["temperature"]
-        if unit == "doc":
-            per_segment = bilstm_crf_model.tagger_nbest(self.model, emissions, k, temperature)
-            per_doc = split_by(per_segment, [len(lengths) for lengths in segments])
-            return [
-                [Piece(0, len(doc), _best_combinations(lists, k))]
-                for doc, lists in zip(docs, per_doc)
-            ]
-        rows, starts, ends, owners = [], [], [], []
-        segment = 0
-        for doc_index, (doc, lengths) in enumerate(zip(docs, segments)):
-            offset = 0
-            sentences = (
-                [(s.start, s.end) for s in doc.sents]
-                if doc.has_annotation("SENT_START")
-                else [(0, len(doc))]
-            )
-            for length in lengths:
-                for begin, finish in sentences:
-                    begin, finish = max(begin, offset), min(finish, offset + length)
-                    if begin < finish:
-                        rows.append(segment)
-                        starts.append(begin - offset)
-                        ends.append(finish - offset)
-                        owners.append((doc_index, offset))
-                offset += length
-                segment += 1
-        analyses = bilstm_crf_model.tagger_piece_nbest(
-            self.model,
-            emissions,
-            numpy.asarray(rows),
-            numpy.asarray(starts),
-            numpy.asarray(ends),
-            k,
-            temperature,
-        )
-        pieces: list[list[Piece]] = [[] for _ in docs]
-        for (doc_index, offset), begin, finish, found in zip(owners, starts, ends, analyses):
-            pieces[doc_index].append(Piece(offset + begin, offset + finish, found))
-        return pieces
-
-    def _span_probs(
-        self,
-        docs: list[Doc],
-        emissions: list[Floats2d],
-        segments: list[list[int]],
-        paths: list[numpy.ndarray],
-    ) -> list[numpy.ndarray]:
-        """Per doc, the CRF probability of each predicted entity, in the order the entities
-        are read from the tags (before whitespace trimming), at the entity's temperature."""
-        scheme = self.cfg["scheme"]
-        sizes = numpy.asarray([len(path) for path in paths], dtype="int64")
-        found = read_sequences(numpy.concatenate([numpy.zeros(0, "int64"), *paths]), sizes, scheme)
-        first = numpy.cumsum(sizes) - sizes  # each segment's offset in the flat tags
-        rows = numpy.searchsorted(first, found.starts, side="right") - 1
-        starts, ends, labels = found.starts - first[rows], found.ends - first[rows], found.labels
-        tags, after = _span_tags(labels, ends - starts, scheme)
-        docs_of_rows = numpy.repeat(numpy.arange(len(segments)), [len(s) for s in segments])
-        owners = docs_of_rows[rows]
-        seen_t, unseen_t = self.cfg["seen_temperature"], self.cfg["unseen_temperature"]
-        if seen_t is None or unseen_t is None:
-            probs = bilstm_crf_model.crf_span_probs(
-                self.model, emissions, rows, starts, tags, after, self.cfg["temperature"]
-            )
-        else:
-            sizes = [numpy.asarray(lengths, dtype="int64") for lengths in segments]
-            offsets = numpy.concatenate(
-                [numpy.zeros(0, dtype="int64")]
-                + [numpy.cumsum(lengths) - lengths for lengths in sizes]
-            )[rows]  # each entity's segment start in its doc
-            texts = (
-                docs[owner][offset + start : offset + end].text
-                for owner, offset, start, end in zip(owners, offsets, starts, ends)
-            )
-            known = are_known(texts, self.cfg["known_entities"])
-            probs = numpy.zeros(len(rows), dtype="float64")
-            for group, temperature in ((known, seen_t), (~known, unseen_t)):
-                if group.any():  # one forward-backward pass per temperature in use
-                    probs[group] = bilstm_crf_model.crf_span_probs(
-                        self.model,
-                        emissions,
-                        rows[group],
-                        starts[group],
-                        tags[group],
-                        after[group],
-                        temperature,
-                    )
-        return [probs[owners == i] for i in range(len(segments))]
-
-
-def _best_combinations(
-    lists: list[list[tuple[numpy.ndarray, float]]], k: int
-) -> list[tuple[numpy.ndarray, float]]:
-    """The `k` best concatenations of one path from each list (a doc's segments), by summed
-    log probability, best first. A doc without segments has one, empty, analysis."""
-    best: list[tuple[list[numpy.ndarray], float]] = [([], 0.0)]
-    for options in lists:
-        pairs = [
-            (paths + [path], score + log_prob)
-            for paths, score in best
-            for path, log_prob in options
-        ]
-        best = sorted(pairs, key=lambda pair: -pair[1])[:k]
-    empty = numpy.zeros(0, dtype="int64")
-    return [(numpy.concatenate([empty, *paths]), score) for paths, score in best]
-
-
-def _span_tags(
-    labels: numpy.ndarray, lengths: numpy.ndarray, scheme: str
-) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Tag ids `(E, L)` of entities with these label indices and lengths (padded with -1),
-    and the id that would continue each (BIO: B I...; BILUO: U alone, or B I... L)."""
-    width = 2 if scheme == "BIO" else 4
-    base = (1 + labels * width)[:, None]  # shape: (E, 1)
-    position = numpy.arange(max(int(lengths.max(initial=0)), 1))[None, :]  # shape: (1, L)
-    size = lengths[:, None]
-    prefix = numpy.where(position == 0, 0, 1)  # B, then I
-    if width == 4:
-        prefix = numpy.where((position == size - 1) & (size > 1), 2, prefix)  # L
-        prefix = numpy.where(size == 1, 3, prefix)  # U
-    tags = numpy.where(position < size, base + prefix, -1)
-    return tags, base[:, 0] + 1

@@ -1,7 +1,7 @@
-"""How far the `bilstm_crf` entity probabilities are from what they claim, and a fix.
+"""The outcomes of a `bilstm_crf` component's entities on gold data, and the fix for
+probabilities that claim too much or too little.
 
-Metrics on arrays first (reliability bins, expected calibration error, Brier score, log loss),
-then functions that run a pipeline on gold `Example`s: the outcomes of its predicted entities,
+Functions that run a pipeline on gold `Example`s: the outcomes of its predicted entities,
 the temperatures that make them honest (`fit_temperature`: one for all entities, and one
 each for entities seen among the training entities and new ones), precision and recall when only
 entities of a given probability are kept, and the F1 an oracle gets from the n best analyses.
@@ -26,12 +26,10 @@ from spacy.scorer import PRFScore, get_ner_prf
 from spacy.tokens import Doc, Span
 from spacy.training import Corpus, Example
 
-from .known_entities import are_known
-from .pipe import BiLSTMCRFTagger
+from ..pipeline.bilstm_crf import BiLSTMCRFTagger
+from ..pipeline.known_entities import are_known
+from .metrics import Outcomes, log_loss
 
-# Probabilities are clipped this far from 0 and 1 in the log loss (float32 CRF scores round
-# a probability near 1 to exactly 1).
-LOG_LOSS_EPS = 1e-7
 # The component computes entity probabilities in float32 as exp(log Z' - log Z) of two large
 # log partitions, so on long docs and at low temperatures they can exceed 1 by rounding
 # (1 + 2**-10 seen at T = 0.25): values up to this far above 1 are read as 1.
@@ -48,26 +46,6 @@ class CalibrationError(ValueError):
     """A pipeline, component or data set that calibration cannot work with."""
 
 
-class Outcomes(NamedTuple):
-    """Predicted entities, each shape `(E,)`: probability, whether correct, label, and
-    whether its text is among the component's training entities."""
-
-    probs: numpy.ndarray
-    correct: numpy.ndarray
-    labels: numpy.ndarray
-    known: numpy.ndarray
-
-
-class Reliability(NamedTuple):
-    """Equal-width bins over [0, 1]: `edges` `(bins + 1,)`; per bin `(bins,)` the entity
-    count, mean probability and accuracy (NaN in empty bins)."""
-
-    edges: numpy.ndarray
-    counts: numpy.ndarray
-    confidence: numpy.ndarray
-    accuracy: numpy.ndarray
-
-
 class ThresholdScores(NamedTuple):
     """Corpus scores of the entities whose probability reaches `threshold`, and their count."""
 
@@ -76,56 +54,6 @@ class ThresholdScores(NamedTuple):
     recall: float
     f1: float
     entities: int
-
-
-def reliability(probs: Sequence[float], correct: Sequence[bool], bins: int = 15) -> Reliability:
-    """Bin `probs` into `bins` equal-width bins: bin `i` holds `edges[i] <= p < edges[i + 1]`,
-    and the last bin also holds 1.0."""
-    probs, correct = _check_outcomes(probs, correct)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a whole number >= 1, got {bins!r}.")
-    edges = numpy.linspace(0.0, 1.0, bins + 1)
-    index = numpy.searchsorted(edges[1:-1], probs, side="right")  # shape: (E,)
-    counts = numpy.bincount(index, minlength=bins)
-    with numpy.errstate(invalid="ignore", divide="ignore"):
-        confidence = numpy.bincount(index, probs, bins) / counts
-        accuracy = numpy.bincount(index, correct.astype(float), bins) / counts
-    return Reliability(edges, counts, confidence, accuracy)
-
-
-def expected_calibration_error(
-    probs: Sequence[float], correct: Sequence[bool], bins: int = 15
-) -> float:
-    """Sum over the `reliability` bins of `count / total * |accuracy - confidence|` (Guo et
-    al., 2017); 1.0 falls in the last bin."""
-    table = reliability(probs, correct, bins)
-    filled = table.counts > 0
-    weights = table.counts[filled] / table.counts.sum()
-    return float(numpy.sum(weights * numpy.abs(table.accuracy - table.confidence)[filled]))
-
-
-def brier_score(probs: Sequence[float], correct: Sequence[bool]) -> float:
-    """Mean squared difference between each probability and its outcome (1 or 0)."""
-    probs, correct = _check_outcomes(probs, correct)
-    return float(numpy.mean((probs - correct) ** 2))
-
-
-def log_loss(probs: Sequence[float], correct: Sequence[bool]) -> float:
-    """Mean negative log-likelihood of the outcomes, probabilities clipped by `LOG_LOSS_EPS`."""
-    probs, correct = _check_outcomes(probs, correct)
-    probs = numpy.clip(probs, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
-    return float(-numpy.mean(numpy.where(correct, numpy.log(probs), numpy.log1p(-probs))))
-
-
-def per_label(
-    outcomes: Outcomes, metric: Callable[[numpy.ndarray, numpy.ndarray], float]
-) -> dict[str, float]:
-    """`metric(probs, correct)` over the entities of each label, labels sorted."""
-    scores = {}
-    for label in sorted(set(outcomes.labels.tolist())):
-        chosen = outcomes.labels == label
-        scores[label] = metric(outcomes.probs[chosen], outcomes.correct[chosen])
-    return scores
 
 
 def bilstm_crf_component(nlp: Language, component: str) -> BiLSTMCRFTagger:
@@ -237,51 +165,6 @@ def fit_temperature(
         unseen = best(lambda outcomes: ~outcomes.known)
     pipe.cfg.update(temperature=temperature, seen_temperature=seen, unseen_temperature=unseen)
     return temperature
-
-
-def data_warnings(
-    pipe: BiLSTMCRFTagger, examples: Iterable[Example], outcomes: Outcomes, name: str
-) -> list[str]:
-    """Why a fit on `examples` (the data set `name`) may mean little: gold entity labels that
-    share none with the component's (every entity then counts as wrong), or fewer than
-    `FEW_ENTITIES` predicted entities in `outcomes`."""
-    warnings = []
-    gold = sorted({ent.label_ for eg in examples for ent in eg.reference.ents})
-    if gold and not set(gold) & set(pipe.labels):
-        warnings.append(
-            f"the entity labels of {name} ({', '.join(gold)}) share none with the "
-            f"component's ({', '.join(pipe.labels)}): every entity counts as wrong, so the "
-            "fit is meaningless"
-        )
-    if len(outcomes.probs) < FEW_ENTITIES:
-        warnings.append(
-            f"only {len(outcomes.probs):,} predicted entities to fit on (fewer than "
-            f"{FEW_ENTITIES}): the temperature is a rough estimate"
-        )
-    return warnings
-
-
-def bound_warnings(
-    pipe: BiLSTMCRFTagger, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
-) -> list[str]:
-    """The component's fitted temperatures that lie at a bound of the search (within
-    `AT_BOUND` in log space): the best one may lie beyond it."""
-    named = [
-        ("the temperature", pipe.cfg["temperature"]),
-        ("the temperature for training entities", pipe.cfg.get("seen_temperature")),
-        ("the temperature for new entities", pipe.cfg.get("unseen_temperature")),
-    ]
-    warnings = []
-    for what, temperature in named:
-        if temperature is None:
-            continue
-        for bound in bounds:
-            if abs(math.log(temperature / bound)) <= AT_BOUND:
-                warnings.append(
-                    f"{what}, {temperature:.3f}, is at a bound of its search ({bounds[0]:g} "
-                    f"to {bounds[1]:g}): the best one may lie beyond it"
-                )
-    return warnings
 
 
 def _golden_section(loss: Callable[[float], float], low: float, high: float) -> float:
@@ -495,23 +378,3 @@ def _settings(pipe: BiLSTMCRFTagger, **values: Any) -> Iterator[None]:
         yield
     finally:
         pipe.cfg.update(saved)
-
-
-def _check_outcomes(
-    probs: Sequence[float], correct: Sequence[bool]
-) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Probabilities as float64 and outcomes as bool, both `(E,)`, or a clear error."""
-    probs = numpy.asarray(probs, dtype="float64")
-    correct_array = numpy.asarray(correct)
-    if probs.ndim != 1 or correct_array.shape != probs.shape:
-        raise ValueError(
-            f"probs and correct must be 1-D and of one length, got shapes {probs.shape} "
-            f"and {correct_array.shape}."
-        )
-    if not len(probs):
-        raise ValueError("No predictions to score: probs and correct are empty.")
-    if not numpy.all((probs >= 0) & (probs <= 1)):
-        raise ValueError("probs must lie in [0, 1] (NaN is not a probability).")
-    if correct_array.dtype != bool and not numpy.isin(correct_array, (0, 1)).all():
-        raise ValueError("correct must hold booleans (or 0 and 1).")
-    return probs, correct_array.astype(bool)

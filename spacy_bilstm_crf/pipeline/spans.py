@@ -7,11 +7,11 @@ does not continue an entity of its label.
 """
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy
 from spacy.attrs import ENT_IOB, IS_SPACE
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc, Span, SpanGroup
 
 # ENT_IOB values in spaCy: 1 inside, 3 begin.
 _ENTITY_IOB = (1, 3)
@@ -114,3 +114,44 @@ def set_entities(doc: Doc, spans: list[Span], overwrite: bool) -> None:
     covered = numpy.concatenate([[0], numpy.cumsum(taken)])
     new = [span for span in spans if covered[span.end] == covered[span.start]]
     doc.set_ents(list(doc.ents) + new, default="outside")
+
+
+def set_nbest(
+    doc: Doc,
+    pieces: Sequence[Any],
+    labels: Sequence[str],
+    cfg: dict[str, Any],
+    segments: Sequence[int],
+) -> None:
+    """Write the analyses of rank r of every piece (`analyses.Piece`: the doc, or a
+    sentence) as the span group `{spans_key}_nbest_{r}`, with their probabilities; the doc's
+    analyses are read segment by segment (`segments`), with the component's `cfg` settings."""
+    key, scheme = cfg["spans_key"], cfg["scheme"]
+    is_space = doc.to_array(IS_SPACE).astype(bool)
+    ranks = max((len(piece.analyses) for piece in pieces), default=0)
+    for rank in range(1, ranks + 1):
+        spans, probabilities = [], []
+        for piece in pieces:
+            if len(piece.analyses) < rank:
+                probabilities.append(0.0)
+                continue
+            ids, log_prob = piece.analyses[rank - 1]
+            probabilities.append(float(numpy.exp(log_prob)))
+            if cfg["nbest_unit"] == "doc":
+                entities, _ = doc_entities(doc, ids, segments, scheme)
+            else:  # one sentence, inside one segment
+                found = read_entities(ids, scheme)
+                shift = piece.start
+                moved = Entities(found.starts + shift, found.ends + shift, found.labels)
+                entities, _ = trim_spaces(moved, is_space)
+            spans += [
+                Span(doc, int(start), int(end), label=labels[label])
+                for start, end, label in zip(*entities)
+            ]
+        group = SpanGroup(doc, name=f"{key}_nbest_{rank}", spans=spans)
+        group.attrs["rank"] = rank
+        group.attrs["pieces"] = [[piece.start, piece.end] for piece in pieces]
+        group.attrs["probabilities"] = probabilities
+        if len(pieces) == 1:
+            group.attrs["probability"] = probabilities[0]
+        doc.spans[group.name] = group

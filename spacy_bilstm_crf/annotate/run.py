@@ -29,27 +29,11 @@ from typing import Any
 import spacy
 from spacy.util import minibatch
 
-from .annotate_engines import (
-    Annotated,
-    Shard,
-    load_pipeline,
-    local_engine,
-    ray_engine,
-    require_ray,
-    score_keys,
-)
-from .annotate_io import (
-    FORMATS,
-    AnnotateError,
-    Manifest,
-    Row,
-    check_input,
-    input_fingerprint,
-    read_rows,
-    require_pyarrow,
-    shard_name,
-    write_shard,
-)
+from .local import local_engine
+from .ray_engine import ray_engine, require_ray
+from .records import Annotated, Shard, load_pipeline, score_keys
+from .rows import AnnotateError, Row, check_input, read_rows, require_pyarrow
+from .shards import FORMATS, Manifest, input_fingerprint, shard_name, write_shard
 
 ENGINES = ("local", "ray")
 DEFAULT_ID_COLUMN = "id"

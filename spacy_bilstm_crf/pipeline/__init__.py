@@ -1,0 +1,7 @@
+"""The `bilstm_crf` component: `bilstm_crf.py` (factory and `TrainablePipe`), `analyses.py`
+(entity probabilities and k-best analyses from the emission scores), `spans.py` (entities
+from tag ids, written to `doc.ents`), `known_entities.py` (hashed training entities)."""
+
+from .bilstm_crf import BiLSTMCRFTagger, make_bilstm_crf
+
+__all__ = ["BiLSTMCRFTagger", "make_bilstm_crf"]

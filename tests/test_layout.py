@@ -1,0 +1,50 @@
+"""The package's layout keeps the data flow: the PyTorch modules know nothing of spaCy or
+thinc, the pipe does no CRF maths, and no module grows past a few hundred lines."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "spacy_bilstm_crf"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules a file imports, relative ones written with their leading dots."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+    return found
+
+
+def modules(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules("nn"), ids=lambda path: path.name)
+def test_torch_modules_import_nothing_of_spacy_or_thinc(path: Path) -> None:
+    for module in imported_modules(path):
+        top = module.lstrip(".").split(".")[0]
+        assert top not in ("spacy", "thinc"), f"{path.name} imports {module}"
+        if module.startswith(".."):  # out of nn/: only the tag schemes
+            assert module == "..tags", f"{path.name} imports {module}"
+
+
+@pytest.mark.parametrize("path", modules("pipeline"), ids=lambda path: path.name)
+def test_the_pipe_reaches_the_model_only_through_ml(path: Path) -> None:
+    for module in imported_modules(path):
+        assert module.split(".")[0] != "torch", f"{path.name} imports {module}"
+        assert not module.startswith("..nn"), f"{path.name} imports {module}"
+
+
+def test_no_module_is_much_over_400_lines() -> None:
+    """The largest is the component (`pipeline/bilstm_crf.py`), one job in one file as spaCy
+    writes its own components."""
+    sizes = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
+    assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda item: -item[1])[:3]
