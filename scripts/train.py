@@ -4,7 +4,8 @@ threads, and make sure that `model-best` has seen the last step.
     python scripts/train.py configs/bilstm_crf.cfg training/mydata/bilstm_crf
         --corpus corpus/mydata [--vectors corpus/mydata/vectors] [--lang en] [--seed 0]
         [--gpu-id -1] [--max-steps 6000] [--eval-frequency 200] [--threads 2] [--budget 0]
-        [--transformer NAME] [--timing metrics/mydata/bilstm_crf-train.json] [-- OVERRIDES]
+        [--transformer NAME] [--reviewed corpus/mydata/reviewed]
+        [--timing metrics/mydata/bilstm_crf-train.json] [-- OVERRIDES]
 
 spaCy evaluates every `eval_frequency` steps and keeps the best checkpoint as `model-best`.
 A run that ends off that grid (`max_steps` not a multiple of it, or the budget stops it)
@@ -57,7 +58,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
     config = load_config(args.config, interpolate=False)
     found = [
         "--paths.train",
-        str(args.corpus / "train.spacy"),
+        str(training_data(args.corpus / "train.spacy", args.reviewed, args.output)),
         "--paths.dev",
         str(args.corpus / "dev.spacy"),
         "--system.seed",
@@ -80,6 +81,22 @@ def overrides(args: argparse.Namespace) -> list[str]:
     if args.transformer and "transformer" in config["paths"]:
         found += ["--paths.transformer", args.transformer]
     return found
+
+
+def training_data(train: Path, reviewed: Path | None, output: Path) -> Path:
+    """`train`, or with reviewed files a folder of links to it and to them (spaCy's corpus
+    reader takes one path: a file, or a folder whose .spacy files it reads)."""
+    extra = sorted(reviewed.glob("*.spacy")) if reviewed is not None and reviewed.is_dir() else []
+    if not extra:
+        return train
+    folder = output / "train-data"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for i, source in enumerate([train, *extra]):
+        (folder / f"{i:03d}-{source.name}").symlink_to(source.resolve())
+    print(f"train: {train} and {len(extra)} reviewed file(s) from {reviewed}")
+    return folder
 
 
 def dev_score(model: Path) -> tuple[float, dict[str, Any]]:
@@ -135,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("output", type=Path)
     parser.add_argument("--corpus", type=Path, required=True, help="train.spacy and dev.spacy")
     parser.add_argument("--vectors", type=Path, help="a pipeline or vectors folder")
+    parser.add_argument(
+        "--reviewed",
+        type=Path,
+        help="a folder of .spacy files to train on besides train.spacy (ingested answers)",
+    )
     parser.add_argument("--lang", help="the language, as spaCy's code (en, nl, ...)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu-id", type=int, default=-1)

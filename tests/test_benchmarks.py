@@ -202,3 +202,26 @@ def test_vectors_table_cut_keeps_every_key_of_a_kept_row() -> None:
     assert {nlp.vocab.strings[key] for key in cut.key2row} == {"a", "b", "B"}
     assert numpy.allclose(cut[nlp.vocab.strings["B"]], data[1], atol=1e-3)
     assert cut_table(table, 0, "float32").shape == (4, 3)
+
+
+def test_active_learning_simulation_two_rounds(bench: Path) -> None:
+    """The annotation loop's simulation on the sample: two rounds of each strategy, the
+    full-data line, the table and the plot."""
+    args = ["--vars.dataset", "wnut17_sample", "--vars.seeds", "0", "--vars.threads", "1"]
+    args += ["--vars.al_start", "0.1", "--vars.al_step", "0.1", "--vars.al_until", "0.2"]
+    args += ["--vars.al_round_steps", "6"]
+    command = ["-m", "spacy", "project", "run", "active-learning", bench, *args]
+    result = run(*command, cwd=bench, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    runs = bench / "metrics" / "active" / "wnut17_sample"
+    for strategy in ("random", "sentence", "span"):
+        rounds = [json.loads(line) for line in (runs / f"{strategy}-0" / "results.jsonl").open()]
+        assert [r["round"] for r in rounds] == [0, 1]
+        assert rounds[0]["share"] == pytest.approx(0.1, abs=0.02)
+        assert rounds[1]["tokens"] > rounds[0]["tokens"]
+    table = (runs.parent / "wnut17_sample.md").read_text(encoding="utf-8")
+    assert "97% of full F1" in table and "spans by uncertainty, partial labels" in table
+    assert (runs.parent / "wnut17_sample.png").read_bytes().startswith(b"\x89PNG")
+    assert (runs / "full-0" / "model" / "config.cfg").is_file()
+    again = run(*command, "--force", cwd=bench, timeout=900)  # finished runs stay as they are
+    assert again.returncode == 0 and "span-0: done" in again.stdout + again.stderr

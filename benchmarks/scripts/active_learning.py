@@ -16,7 +16,7 @@ fixed `--round-steps` steps, then scores the test set. Strategies:
   sentence stays missing and the model trains on partial labels. The simulated person labels
   any gold entity that crosses a region's edge in full, and those tokens count as reviewed.
 - `full`: all the pool at once for the loop's total steps: the line the curves are
-  measured against.
+  measured against (its pipeline is kept in `OUTPUT/full-SEED/model`).
 
 Cost is counted in tokens reviewed (only the regions' tokens for spans) and in sentences
 touched. Each run has a folder `OUTPUT/STRATEGY-SEED`; each round's weights, the labelled
@@ -258,7 +258,7 @@ def run_loop(args: argparse.Namespace) -> None:
         with loop.nlp.use_params(optimizer.averages):
             loop.pipe.to_disk(folder / "ner", exclude=["vocab"])
         share = tokens / loop.total
-        more = share + args.step / 2 < args.until
+        more = round_index + 1 < rounds_planned(args)
         round_rng = numpy.random.default_rng([args.seed, round_index])
         if more:
             budget = round((round_index + 1) * args.step * loop.total + args.start * loop.total)
@@ -303,12 +303,13 @@ def run_full(args: argparse.Namespace) -> None:
     if done_rounds(results):
         print(f"{results} exists: nothing to do", file=sys.stderr)
         return
-    rounds = 1 + round((args.until - args.start) / args.step)
-    steps = rounds * args.round_steps
+    steps = rounds_planned(args) * args.round_steps
     for mask in loop.reviewed:
         mask[:] = True
     begin = time.perf_counter()
-    f1, _ = loop.train(0, steps, None)
+    f1, optimizer = loop.train(0, steps, None)
+    with loop.nlp.use_params(optimizer.averages):
+        loop.nlp.to_disk(args.output / "model")  # for select_speed.py
     record = {
         "strategy": "full",
         "seed": args.seed,
@@ -323,10 +324,15 @@ def run_full(args: argparse.Namespace) -> None:
     print(f"full data, {steps} steps: test F1 {100 * f1:.2f}", file=sys.stderr)
 
 
-def finished(output: Path, until: float, step: float) -> bool:
-    """Whether the run in `output` has done its last round."""
-    rounds = done_rounds(output / "results.jsonl")
-    return bool(rounds) and rounds[-1]["share"] + step / 2 >= min(until, 1.0)
+def rounds_planned(args: argparse.Namespace) -> int:
+    """Round 0 and one per `step` up to `until`: a strategy that finds nothing more to label
+    (spans, once the model is sure of the rest) still trains its rounds, on what it has."""
+    return 1 + round((args.until - args.start) / args.step)
+
+
+def finished(run: argparse.Namespace) -> bool:
+    """Whether the run has done its last round."""
+    return len(done_rounds(run.output / "results.jsonl")) >= rounds_planned(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.output = args.output / f"{strategy}-{seed}"
                 if strategy == "full":
                     run_full(run)
-                elif finished(run.output, args.until, args.step):
+                elif finished(run):
                     print(f"{run.output}: done", file=sys.stderr)
                 else:
                     print(f"{run.output}: {strategy}, seed {seed}", file=sys.stderr, flush=True)

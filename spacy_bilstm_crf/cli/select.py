@@ -44,8 +44,8 @@ def add(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         type=Path,
-        help="files of tasks already sent (any format) or of task ids: overlapping units "
-        "are skipped",
+        help="files of tasks already sent (any format) or of task ids, or folders of them "
+        "(their .jsonl and .json files): overlapping units are skipped",
     )
     parser.add_argument("--seed", type=int, default=0, help="for the random strategy")
     parser.add_argument("--text-column", default="text")
@@ -60,9 +60,17 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise AnnotateError(f"--{name.replace('_', '-')} must be 1 or more, got {value}.")
+    output = Path(args.output)
+    wanted = ".json" if args.task_format == "label-studio" else ".jsonl"
+    if output.suffix != wanted:
+        what = "one JSON list" if wanted == ".json" else "JSON lines"
+        raise AnnotateError(
+            f"{args.task_format} tasks are {what}: name the output file {output.stem}{wanted}."
+        )
     source = Path(args.input)
     kind = check_input(source, args.text_column, args.id_column)
-    exclude = [task_id for path in args.exclude for task_id in read_task_ids(path)]
+    sent = _task_files(args.exclude, output)
+    exclude = [task_id for path in sent for task_id in read_task_ids(path)]
     nlp = load_pipeline(args.model)
     pipe = bilstm_crf_component(nlp, args.component)
     rows = read_rows(source, kind, args.text_column, args.id_column or "id", nlp.max_length)
@@ -78,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
     )
-    output = Path(args.output)
     written = write_tasks(selection.tasks, output, args.task_format)
     print(selection)
     print(f"wrote {written:,} {args.task_format} tasks to {output}")
@@ -89,3 +96,17 @@ def run(args: argparse.Namespace) -> int:
     if not written:
         print("warning: nothing to select (no usable texts, or all excluded)", file=sys.stderr)
     return 0
+
+
+def _task_files(paths: list[Path], output: Path) -> list[Path]:
+    """The files named, and the .jsonl and .json files in the folders named, but not the
+    output (a rerun of the same round does not exclude its own tasks)."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json"))
+        elif path.is_file():
+            files.append(path)
+        elif path.suffix:  # a folder that does not exist yet holds no tasks
+            raise AnnotateError(f"--exclude {str(path)!r}: no such file.")
+    return [path for path in files if path.resolve() != output.resolve()]
