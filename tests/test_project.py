@@ -434,3 +434,25 @@ def test_compare_workflow_writes_the_side_by_side_table(fresh: Path) -> None:
     assert rows == ["`bilstm_crf`", "`ner`", "`spacy_efficiency`"]
     assert "Not trained (no test scores): spacy_accuracy" in table
     assert "1 torch thread(s)" in table and "at most 30 steps" in table
+
+
+@on_fresh
+def test_annotation_loop_round_with_the_project_commands(fresh: Path) -> None:
+    """select, the tool's answers (accepted as they were offered), then learn: ingest,
+    retrain with the reviewed round, evaluate."""
+    from spacy.tokens import DocBin
+    from spacy.vocab import Vocab
+
+    docs = DocBin().from_disk(fresh / "corpus" / "wnut17_sample" / "test.spacy").get_docs(Vocab())
+    pool = fresh / "assets" / "pool.jsonl"
+    srsly.write_jsonl(pool, [{"id": f"t{i}", "text": doc.text} for i, doc in enumerate(docs)])
+    loop = ["--vars.review_tokens", "200", "--vars.unit", "span", "--vars.round", "1"]
+    project_run(fresh, "select", *loop)
+    folder = fresh / "annotation" / "wnut17_sample" / "round-1"
+    tasks = list(srsly.read_jsonl(folder / "tasks.jsonl"))
+    assert 0 < sum(len(t["tokens"]) for t in tasks) and tasks[0]["meta"]["unit"] == "span"
+    srsly.write_jsonl(folder / "answers.jsonl", [{**t, "answer": "accept"} for t in tasks])
+    result = project_run(fresh, "learn", *loop, *SHORT)
+    assert "1 reviewed file(s)" in result.stdout
+    reviewed = fresh / "corpus" / "wnut17_sample" / "reviewed" / "round-1.spacy"
+    assert len(list(DocBin().from_disk(reviewed).get_docs(Vocab()))) > 0
