@@ -76,6 +76,23 @@ def run_timed(command: Sequence[str], threads: int, budget: float | None = None)
         return Run(0, seconds, stopped=True)
 
 
+def write_record(
+    path: Path, command: Sequence[str], run: Run, threads: int, budget: float | None
+) -> None:
+    """The run as JSON: the command, its wall time, threads, budget, whether the budget
+    stopped it, and when it finished."""
+    record = {
+        "command": list(command),
+        "seconds": round(run.seconds, 2),
+        "threads": threads,
+        "budget": budget,
+        "stopped": run.stopped,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the command's exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,16 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run.status != 0:
         print(f"timed_run: the command failed with exit status {run.status}", file=sys.stderr)
         return run.status
-    record = {
-        "command": command,
-        "seconds": round(run.seconds, 2),
-        "threads": args.threads,
-        "budget": args.budget,
-        "stopped": run.stopped,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_record(args.output, command, run, args.threads, args.budget)
     print(f"timed_run: {run.seconds:.1f} s with {args.threads} thread(s), written to {args.output}")
     return 0
 

@@ -23,11 +23,9 @@ that it is "almost certainly a mistake". The timing JSON is `timed_run.py`'s.
 """
 
 import argparse
-import json
 import shutil
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ import spacy
 import srsly
 from spacy.training.loop import create_evaluation_callback
 from spacy.util import load_config, resolve_dot_names
-from timed_run import run_timed
+from timed_run import run_timed, write_record
 
 
 def has_vectors(folder: Path) -> bool:
@@ -188,16 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     short = args.max_steps <= args.eval_frequency
     print(f"train: {keep_last_if_better(args.output, short)}")
     if args.timing is not None:
-        record = {
-            "command": command,
-            "seconds": round(run.seconds, 2),
-            "threads": args.threads,
-            "budget": args.budget,
-            "stopped": run.stopped,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        args.timing.parent.mkdir(parents=True, exist_ok=True)
-        args.timing.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_record(args.timing, command, run, args.threads, args.budget)
     print(f"train: {run.seconds:.1f} s with {args.threads} thread(s)")
     return 0
 
