@@ -261,7 +261,11 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run(
         ["make", "demo", f"DEMO_VARS={DEMO_VARS}"],
         cwd=project,
-        env={**os.environ, **ONE_THREAD, "VIRTUAL_ENV": ""},
+        env={  # as a user's shell has it, also when the tests themselves run under make
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))},
+            **ONE_THREAD,
+            "VIRTUAL_ENV": "",
+        },
         capture_output=True,
         text=True,
         timeout=1200,
