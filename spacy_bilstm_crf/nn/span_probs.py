@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .nbest import kbest_viterbi
+from .viterbi import viterbi
 
 NEG_INF = float("-inf")
 
@@ -194,5 +195,9 @@ def piece_nbest(
     scores[pieces, sizes - 1] = messages.suffix(rows, ends - 1)  # its emission and all after it
     scores[:, 0] += entering
     zero = trans.new_zeros(trans.shape[0])
-    paths, best = kbest_viterbi(scores, piece_mask, trans, zero, zero, k)
+    if k == 1:  # the same path and score as the k-best search, at the cost of Viterbi
+        path, score = viterbi(scores, piece_mask, trans, zero, zero)
+        paths, best = path.unsqueeze(1), score.unsqueeze(1)
+    else:
+        paths, best = kbest_viterbi(scores, piece_mask, trans, zero, zero, k)
     return paths, best - messages.log_z[rows].unsqueeze(1)
