@@ -270,7 +270,7 @@ def run_loop(args: argparse.Namespace) -> None:
         loop.save_state(folder)
         record = {
             "round": round_index,
-            "strategy": args.strategy,
+            "strategy": run_name(args.strategy, args.measure),
             "seed": args.seed,
             "tokens": tokens,
             "share": share,
@@ -324,6 +324,11 @@ def run_full(args: argparse.Namespace) -> None:
     print(f"full data, {steps} steps: test F1 {100 * f1:.2f}", file=sys.stderr)
 
 
+def run_name(strategy: str, measure: str) -> str:
+    """The run's name: the strategy, and the measure of a sentence run other than MNLP."""
+    return f"{strategy}_{measure}" if strategy == "sentence" and measure != "mnlp" else strategy
+
+
 def rounds_planned(args: argparse.Namespace) -> int:
     """Round 0 and one per `step` up to `until`: a strategy that finds nothing more to label
     (spans, once the model is sure of the rest) still trains its rounds, on what it has."""
@@ -355,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:
             for strategy in args.strategies:
                 run = argparse.Namespace(**vars(args), seed=seed, strategy=strategy)
-                run.output = args.output / f"{strategy}-{seed}"
+                run.output = args.output / f"{run_name(strategy, args.measure)}-{seed}"
                 if strategy == "full":
                     run_full(run)
                 elif finished(run):

@@ -23,6 +23,8 @@ TARGETS = (0.97, 0.99, 1.0)
 NAMES = {
     "random": "random sentences",
     "sentence": "sentences by uncertainty (MNLP)",
+    "sentence_lc": "sentences by 1 - P(best analysis)",
+    "sentence_entropy": "sentences by token entropy",
     "span": "spans by uncertainty, partial labels",
 }
 
