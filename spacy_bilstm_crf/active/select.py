@@ -8,14 +8,17 @@ get spaCy's rule-based `sentencizer` for the `sentence` and `span` units. Probab
 component's calibrated temperature.
 """
 
+import bisect
 import heapq
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy
+from spacy.attrs import IDX, IS_SPACE, LENGTH
 from spacy.language import Language
 from spacy.pipeline import Sentencizer
 from spacy.tokens import Doc, Span
@@ -85,37 +88,52 @@ def select(
     limit = n if n is not None else tokens
     if limit is None or limit < 1:
         raise ValueError("give a budget: n >= 1 tasks, or tokens >= 1")
-    kept: list[tuple[float, int, Task]] = []  # a heap of the best `limit` candidates
+    kept: list[tuple[float, int, _Candidate]] = []  # a heap of the best `limit` candidates
     counter = itertools.count()
     result = Selection()
     saved = {key: pipe.cfg[key] for key in ("confidence", "threshold", "nbest")}
-    pipe.cfg.update(confidence=True, threshold=0.0, nbest=0)
+    # Entity probabilities are computed for the chosen tasks only, at the end.
+    pipe.cfg.update(confidence=False, threshold=0.0, nbest=0)
+    need_marginals = unit == "span" or strategy == "entropy"
+    need_best = unit != "span" and strategy != "entropy"
     try:
-        analyzed = _analyzed(nlp, pipe, rows, unit, batch_size, result)
+        analyzed = _analyzed(nlp, pipe, rows, unit, (need_marginals, need_best), batch_size, result)
         for doc, source, analysis, spans_key in analyzed:
-            for task in _tasks(doc, source, analysis, unit, strategy, rng, spans_key):
-                if _overlaps(excluded.get(str(source), ()), task):
+            for found in _candidates(doc, source, analysis, unit, strategy, rng, spans_key):
+                if _overlaps(excluded.get(str(source), ()), found.chars):
                     result.excluded += 1
                     continue
                 result.candidates += 1
-                item = (task.score, next(counter), task)
+                item = (found.unit.score, next(counter), found)
                 if len(kept) < limit:
                     heapq.heappush(kept, item)
                 elif item[:2] > kept[0][:2]:
                     heapq.heapreplace(kept, item)
+        best = [found for _, _, found in sorted(kept, key=lambda item: (-item[0], item[1]))]
+        units = [Unit(0, found.cost, found.unit.score, found.unit.confidence) for found in best]
+        chosen = [best[i] for i in choose(units, n=n, tokens=tokens)]
+        docs = list({id(found.doc): found.doc for found in chosen}.values())
+        pipe.cfg["confidence"] = True
+        for batch in minibatch(docs, size=batch_size):
+            pipe.set_annotations(batch, pipe.predict(batch))
     finally:
         pipe.cfg.update(saved)
-    best = [task for _, _, task in sorted(kept, key=lambda item: (-item[0], item[1]))]
-    units = [Unit(0, task.review_tokens, task.score, task.confidence) for task in best]
-    result.tasks = [best[i] for i in choose(units, n=n, tokens=tokens)]
+    result.tasks = [found.build() for found in chosen]
     result.seconds = time.perf_counter() - begin
     return result
 
 
 def _analyzed(
-    nlp: Language, pipe: Any, rows: Iterable[Any], unit: str, batch_size: int, result: Selection
+    nlp: Language,
+    pipe: Any,
+    rows: Iterable[Any],
+    unit: str,
+    needs: tuple[bool, bool],
+    batch_size: int,
+    result: Selection,
 ) -> Iterator[tuple[Doc, Any, Any, str]]:
-    """`(doc, row id, analysis, spans key)` per usable row, the docs annotated by the pipe."""
+    """`(doc, row id, analysis, spans key)` per usable row, the docs annotated by the pipe;
+    `needs`: whether the strategy needs the tag posteriors, and the best analyses."""
     before = nlp.pipe_names[: nlp.pipe_names.index(pipe.name)]
     sentencizer = Sentencizer() if unit != "doc" else None
     good = _usable(rows, result)
@@ -125,7 +143,8 @@ def _analyzed(
             docs = list(nlp.pipe(text for _, text in batch))
         if sentencizer is not None:
             docs = [doc if doc.has_annotation("SENT_START") else sentencizer(doc) for doc in docs]
-        predictions, analyses = pipe.analyze(docs, unit="sentence" if unit == "sentence" else "doc")
+        piece = "sentence" if unit == "sentence" else "doc"
+        predictions, analyses = pipe.analyze(docs, piece, marginals=needs[0], best=needs[1])
         pipe.set_annotations(docs, predictions)
         for doc, source, analysis in zip(docs, sources, analyses):
             result.tokens += len(doc)
@@ -142,7 +161,18 @@ def _usable(rows: Iterable[Any], result: Selection) -> Iterator[tuple[Any, str]]
             yield row.id, row.text
 
 
-def _tasks(
+class _Candidate(NamedTuple):
+    """A unit worth a task, before the task is built: its scores, the tokens to review, the
+    characters of the row's text they span, and how to build the task."""
+
+    unit: Unit
+    cost: int
+    chars: tuple[int, int]
+    doc: Doc
+    build: Callable[[], Task]
+
+
+def _candidates(
     doc: Doc,
     source: Any,
     analysis: Any,
@@ -150,52 +180,57 @@ def _tasks(
     strategy: str,
     rng: numpy.random.Generator,
     spans_key: str,
-) -> Iterator[Task]:
-    """The doc's candidate units as tasks."""
-    group = doc.spans.get(spans_key)
-    scores: dict[tuple[int, int, str], float] = {}
-    if group is not None:
-        for span, score in zip(group, group.attrs.get("scores", ())):
-            scores[(span.start, span.end, span.label_)] = float(score)
+) -> Iterator[_Candidate]:
+    """The doc's candidate units; their tasks are built only for the units chosen."""
+    starts, lengths, spaces = doc.to_array([IDX, LENGTH, IS_SPACE]).T
+    sentences = [(sent.start, sent.end) for sent in doc.sents] if unit != "doc" else []
     if unit == "span":
-        sentences = [(sent.start, sent.end) for sent in doc.sents]
         measure = "lc" if strategy == "mnlp" else strategy
-        for found in span_units(analysis.marginals, sentences, measure, rng):
-            start, end = _trimmed(doc, found.start, found.end)
-            if start < end:
-                sentence = doc[start].sent
-                yield _task(doc, source, sentence, (start, end), found, unit, strategy, scores)
-        return
-    pieces = [(p.start, p.end, p.analyses[0][1] if p.analyses else 0.0) for p in analysis.pieces]
-    for found in piece_units(pieces, analysis.marginals, strategy, rng):
-        start, end = _trimmed(doc, found.start, found.end)
-        if start < end:
-            piece = doc[start:end] if unit == "sentence" else doc
-            yield _task(doc, source, piece, (start, end), found, unit, strategy, scores)
-
-
-def _trimmed(doc: Doc, start: int, end: int) -> tuple[int, int]:
-    """Token range without leading or trailing whitespace tokens."""
-    while start < end and doc[start].is_space:
-        start += 1
-    while end > start and doc[end - 1].is_space:
-        end -= 1
-    return start, end
+        found = span_units(analysis.marginals, sentences, measure, rng)
+    else:
+        pieces = [
+            (p.start, p.end, p.analyses[0][1] if p.analyses else 0.0) for p in analysis.pieces
+        ]
+        if not analysis.pieces:  # entropy needs no best analyses: only where pieces are
+            pieces = [(first, last, 0.0) for first, last in sentences or [(0, len(doc))]]
+        found = piece_units(pieces, analysis.marginals, strategy, rng)
+    first_tokens = [first for first, _ in sentences]
+    for each in found:
+        start, end = each.start, each.end
+        while start < end and spaces[start]:
+            start += 1
+        while end > start and spaces[end - 1]:
+            end -= 1
+        if start == end:
+            continue
+        if unit == "span":
+            sentence = sentences[bisect.bisect_right(first_tokens, start) - 1]
+        else:
+            sentence = (start, end) if unit == "sentence" else (0, len(doc))
+        chars = (int(starts[start]), int(starts[end - 1] + lengths[end - 1]))
+        build = partial(_task, doc, source, sentence, (start, end), each, unit, strategy, spans_key)
+        yield _Candidate(each, end - start, chars, doc, build)
 
 
 def _task(
     doc: Doc,
     source: Any,
-    context: Doc | Span,
+    context: tuple[int, int],
     review: tuple[int, int],
     found: Unit,
     unit: str,
     strategy: str,
-    scores: dict[tuple[int, int, str], float],
+    spans_key: str,
 ) -> Task:
-    """A task showing `context` (the doc or a sentence), the tokens `review` to review."""
-    offset = context.start_char if isinstance(context, Span) else 0
+    """A task showing the tokens `context` (the doc or a sentence), `review` to review."""
+    shown_span = doc[context[0] : context[1]] if context != (0, len(doc)) else doc
+    offset = shown_span.start_char if isinstance(shown_span, Span) else 0
     first, last = doc[review[0]].idx, doc[review[1] - 1].idx + len(doc[review[1] - 1])
+    group = doc.spans.get(spans_key)
+    scores: dict[tuple[int, int, str], float] = {}
+    if group is not None:
+        for span, score in zip(group, group.attrs.get("scores", ())):
+            scores[(span.start, span.end, span.label_)] = float(score)
     shown = [
         span
         for span in doc.ents
@@ -203,9 +238,9 @@ def _task(
     ]
     return Task(
         id=f"{source}@{first}-{last}",
-        text=context.text,
-        tokens=doc_tokens(context),
-        entities=list(span_entities(context, shown, scores)),
+        text=shown_span.text,
+        tokens=doc_tokens(shown_span),
+        entities=list(span_entities(shown_span, shown, scores)),
         review=(first - offset, last - offset),
         score=found.score,
         confidence=found.confidence,
@@ -215,8 +250,7 @@ def _task(
     )
 
 
-def _overlaps(regions: Iterable[tuple[int, int]], task: Task) -> bool:
-    """Whether the task's review region overlaps one of these character ranges of its
-    source text."""
-    start, end = task.review[0] + task.offset, task.review[1] + task.offset
+def _overlaps(regions: Iterable[tuple[int, int]], chars: tuple[int, int]) -> bool:
+    """Whether characters `chars` of the row's text overlap one of these ranges."""
+    start, end = chars
     return any(first < end and start < last for first, last in regions)

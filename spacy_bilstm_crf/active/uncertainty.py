@@ -57,12 +57,12 @@ def token_uncertainty(marginals: numpy.ndarray, strategy: str) -> numpy.ndarray:
 
 def piece_units(
     pieces: Sequence[tuple[int, int, float]],
-    marginals: numpy.ndarray,
+    marginals: numpy.ndarray | None,
     strategy: str,
     rng: numpy.random.Generator,
 ) -> list[Unit]:
     """Units for whole pieces (a doc, or its sentences), each `(start, end, log P(best))`.
-    Empty pieces are left out."""
+    Empty pieces are left out; `marginals` (the tag posteriors) are needed for `entropy`."""
     _check(strategy)
     units = []
     for start, end, log_prob in pieces:
@@ -71,6 +71,8 @@ def piece_units(
             continue
         log_prob = min(float(log_prob), 0.0)
         if strategy == "entropy":
+            if marginals is None:
+                raise ValueError("the entropy strategy needs the tag posteriors")
             mean = float(token_entropy(marginals[start:end]).mean())
             units.append(Unit(start, end, mean, float(numpy.exp(-mean))))
         elif strategy == "mnlp":

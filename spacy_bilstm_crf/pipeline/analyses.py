@@ -41,7 +41,7 @@ class Analysis(NamedTuple):
     probability, and each token's tag posteriors `(len(doc), K)`."""
 
     pieces: list[Piece]
-    marginals: numpy.ndarray
+    marginals: numpy.ndarray | None
 
 
 def best_analyses(

@@ -23,7 +23,7 @@ from ..ml import crf_ops
 from ..ml.segments import split_by
 from ..tags import SCHEMES, tag_names
 from ..training.gold import UnknownLabelError, gold_tag_ids, restart_segments
-from .analyses import Analysis, Predictions, best_analyses, entity_probs
+from .analyses import Analysis, Piece, Predictions, best_analyses, entity_probs
 from .known_entities import training_keys
 from .spans import docs_entities, set_entities, set_nbest
 
@@ -210,10 +210,13 @@ class BiLSTMCRFTagger(TrainablePipe):
             emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
             return self._predictions(docs, emissions)
 
-    def analyze(self, docs: Iterable[Doc], unit: str = "doc") -> tuple[Predictions, list[Analysis]]:
+    def analyze(
+        self, docs: Iterable[Doc], unit: str = "doc", marginals: bool = True, best: bool = True
+    ) -> tuple[Predictions, list[Analysis]]:
         """`predict`'s output and, per doc, what choosing texts to annotate needs: the best
-        analysis of each piece (the doc, or each sentence: `unit`) with its log probability,
-        and each token's tag posteriors, all at the calibrated `temperature`."""
+        analysis of each piece (the doc, or each sentence: `unit`) with its log probability
+        (no pieces without `best`), and each token's tag posteriors (None without
+        `marginals`), all at the calibrated `temperature`."""
         if unit not in ("doc", "sentence"):
             raise ValueError(f"[{self.name}] unit must be 'doc' or 'sentence', got {unit!r}.")
         docs = list(docs)
@@ -222,13 +225,16 @@ class BiLSTMCRFTagger(TrainablePipe):
             emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
             predictions = self._predictions(docs, emissions)
             segments = bilstm_crf_model.doc_segments(self.model, docs)
-            pieces = best_analyses(
-                self.model, docs, emissions, segments, 1, unit, self.cfg["temperature"]
-            )
+            pieces: list[list[Piece]] = [[] for _ in docs]
+            if best:
+                temperature = self.cfg["temperature"]
+                pieces = best_analyses(self.model, docs, emissions, segments, 1, unit, temperature)
+            if not marginals:
+                return predictions, [Analysis(doc_pieces, None) for doc_pieces in pieces]
             temperature = self.cfg["temperature"]
-            marginals = crf_ops.tagger_marginals(self.model, emissions, temperature)
+            posteriors = crf_ops.tagger_marginals(self.model, emissions, temperature)
         empty = numpy.zeros((0, len(self.tag_names)), dtype="float32")
-        per_doc = split_by(marginals, [len(lengths) for lengths in segments])
+        per_doc = split_by(posteriors, [len(lengths) for lengths in segments])
         return predictions, [
             Analysis(doc_pieces, numpy.concatenate([empty, *doc_marginals]))
             for doc_pieces, doc_marginals in zip(pieces, per_doc)
