@@ -15,49 +15,18 @@ from spacy.scorer import get_ner_prf
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer, set_dropout_rate
+from thinc.api import Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d
 
 from ..ml import bilstm_crf as bilstm_crf_model
 from ..ml import crf_ops
 from ..ml.segments import split_by
-from ..tags import SCHEMES, tag_names
+from ..tags import tag_names
 from ..training.gold import UnknownLabelError, gold_tag_ids, restart_segments
 from .analyses import Analysis, Piece, Predictions, best_analyses, entity_probs
 from .known_entities import training_keys
+from .settings import DEFAULT_MODEL, MODEL_SETTINGS, check_settings
 from .spans import docs_entities, set_entities, set_nbest
-
-default_model_config = """
-[model]
-@architectures = "spacy-bilstm-crf.BiLSTMCRF.v1"
-hidden_width = 256
-depth = 1
-dropout = 0.25
-max_length = 512
-
-[model.tok2vec]
-@architectures = "spacy-bilstm-crf.WordCharEmbed.v2"
-attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
-rows = [5000, 1000, 2500, 2500]
-widths = [64, 16, 16, 16]
-char_width = 16
-char_count = 8
-include_static_vectors = null
-vectors_width = 0
-word_dropout = 0.25
-"""
-DEFAULT_MODEL = Config().from_str(default_model_config)["model"]
-
-# What the trained model is: read from disk on load, never from the config.
-MODEL_SETTINGS = (
-    "labels",
-    "input_width",
-    "scheme",
-    "temperature",
-    "seen_temperature",
-    "unseen_temperature",
-    "known_entities",
-)
 
 
 @Language.factory(
@@ -134,18 +103,14 @@ class BiLSTMCRFTagger(TrainablePipe):
         threads: int = 0,
         scorer: Callable | None = get_ner_prf,
     ) -> None:
-        if scheme not in SCHEMES:
-            raise ValueError(f"[{name}] scheme must be one of {SCHEMES}, got {scheme!r}.")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"[{name}] threshold must be in [0, 1], got {threshold}.")
-        if nbest < 0:
-            raise ValueError(f"[{name}] nbest must be 0 (off) or positive, got {nbest}.")
-        if nbest_unit not in ("doc", "sentence"):
-            raise ValueError(
-                f"[{name}] nbest_unit must be 'doc' or 'sentence', got {nbest_unit!r}."
-            )
-        if threads < 0:
-            raise ValueError(f"[{name}] threads must be 0 (automatic) or positive, got {threads}.")
+        check_settings(
+            name,
+            scheme=scheme,
+            threshold=threshold,
+            nbest=nbest,
+            nbest_unit=nbest_unit,
+            threads=threads,
+        )
         self.vocab = vocab
         self.model = model
         self.name = name
