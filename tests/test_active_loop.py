@@ -23,6 +23,7 @@ from spacy_bilstm_crf.active.formats import (
 from spacy_bilstm_crf.active.ingest import ingest
 from spacy_bilstm_crf.active.select import select
 from spacy_bilstm_crf.active.tasks import Entity, Task, doc_tokens
+from spacy_bilstm_crf.active.uncertainty import same_text
 from spacy_bilstm_crf.annotate.rows import Row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,25 @@ def test_selected_tasks_have_offsets_on_the_original_text(nlp: spacy.Language, u
                 span_text = task.text[start:end]
                 assert span_text and span_text == span_text.strip(), (fmt, span_text)
                 assert label in nlp.get_pipe("ner").labels
+
+
+def test_a_repeated_text_gives_one_task_the_most_uncertain(nlp: spacy.Language) -> None:
+    texts = ["PARIS 1996-08-30", "Paris 1996-08-31", "Paris 1997-01-02", "Tom went to Paris ."]
+    rows = [Row(i, text, None) for i, text in enumerate(texts * 2)]
+    every = select(nlp, rows, unit="doc", strategy="mnlp", n=8, keep_duplicates=True)
+    assert len(every.tasks) == 8 and every.duplicates == 0
+    best: dict[str, float] = {}
+    for task in every.tasks:
+        key = same_text(task.text)
+        best[key] = max(best.get(key, -1.0), task.score)
+    chosen = select(nlp, rows, unit="doc", strategy="mnlp", n=8)
+    assert chosen.duplicates == 6 and "6 repeats of a text passed over" in str(chosen)
+    assert sorted(same_text(task.text) for task in chosen.tasks) == sorted(best)
+    for task in chosen.tasks:
+        assert task.score == best[same_text(task.text)]
+    assert len(select(nlp, rows, unit="span", strategy="lc", n=8).tasks) <= len(
+        select(nlp, rows, unit="span", strategy="lc", n=8, keep_duplicates=True).tasks
+    )
 
 
 def _spans(record: dict, fmt: str) -> list[tuple[int, int, str]]:

@@ -13,8 +13,10 @@ from spacy.training import Example
 from spacy_bilstm_crf.active.uncertainty import (
     SPAN_OUTSIDE,
     SPAN_SEED,
+    Unit,
     choose,
     piece_units,
+    same_text,
     span_units,
 )
 from spacy_bilstm_crf.ml.bilstm_crf import torch_module
@@ -160,11 +162,20 @@ def test_span_regions_follow_the_rule_on_enumerated_posteriors(tagger: spacy.Lan
 
 
 def test_a_token_budget_takes_the_best_units_that_fit() -> None:
-    from spacy_bilstm_crf.active.uncertainty import Unit
-
     units = [Unit(0, 5, 0.9, 0.1), Unit(0, 2, 0.8, 0.2), Unit(0, 4, 0.7, 0.3), Unit(0, 1, 0.1, 0)]
     assert choose(units, tokens=7) == [0, 1]
     assert choose(units, tokens=6) == [0, 3]
     assert choose(units, n=2) == [0, 1]
     with pytest.raises(ValueError, match="exactly one budget"):
         choose(units)
+
+
+def test_a_repeated_text_is_chosen_once() -> None:
+    units = [Unit(0, 5, 0.9, 0.1), Unit(0, 2, 0.8, 0.2), Unit(0, 2, 0.7, 0.3), Unit(0, 1, 0.6, 0)]
+    keys = ["x", "x", "y", "x"]
+    assert choose(units, n=2, keys=keys) == [0, 2]
+    assert choose(units, n=2) == [0, 1]
+    # The first "x" does not fit: the next one takes its place, and no later one.
+    assert choose(units, tokens=4, keys=keys) == [1, 2]
+    assert same_text("PARIS  1996-08-30") == same_text("Paris 1996-08-31") == "paris 0000-00-00"
+    assert same_text("Paris 1996") != same_text("Paris , 1996")

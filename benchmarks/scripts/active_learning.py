@@ -43,7 +43,7 @@ from spacy.training import Example
 from spacy.training.initialize import load_vectors_into_model
 from spacy.util import fix_random_seed, load_config, load_model_from_config, registry
 
-from spacy_bilstm_crf.active.uncertainty import choose, piece_units, span_units
+from spacy_bilstm_crf.active.uncertainty import choose, piece_units, same_text, span_units
 
 REPO = Path(__file__).resolve().parents[2]
 STRATEGIES = ("random", "sentence", "span", "full")
@@ -172,7 +172,7 @@ class Loop:
         candidates = [i for i, mask in enumerate(self.reviewed) if not mask.all()]
         if strategy == "sentence":
             candidates = [i for i in candidates if not self.reviewed[i].any()]
-        units, owners = [], []
+        units, owners, keys = [], [], []
         batch = 256
         for start in range(0, len(candidates), batch):
             chunk = candidates[start : start + batch]
@@ -192,7 +192,10 @@ class Loop:
                     )
                 units += found
                 owners += [i] * len(found)
-        for index in choose(units, tokens=budget):
+                text = same_text(doc.text)
+                keys += [(text, unit.start, unit.end) for unit in found]
+        keys = None if self.args.keep_duplicates else keys
+        for index in choose(units, tokens=budget, keys=keys):
             owner, unit = owners[index], units[index]
             start, end = unit.start, unit.end
             if strategy == "span":
@@ -347,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--measure", choices=("lc", "mnlp", "entropy"), default="mnlp")
+    parser.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="let a round choose texts that are the same but for case and digits",
+    )
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "bilstm_crf.cfg")
     parser.add_argument("--vectors", type=Path, help="a pipeline or vectors folder")
     parser.add_argument("--start", type=float, default=0.02, help="share of tokens in round 0")

@@ -25,7 +25,7 @@ from spacy.tokens import Doc, Span
 from spacy.util import minibatch
 
 from .tasks import Task, doc_tokens, span_entities
-from .uncertainty import STRATEGIES, UNITS, Unit, choose, piece_units, span_units
+from .uncertainty import STRATEGIES, UNITS, Unit, choose, piece_units, same_text, span_units
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Selection:
     tokens: int = 0
     candidates: int = 0
     excluded: int = 0
+    duplicates: int = 0
     seconds: float = 0.0
 
     def __str__(self) -> str:
@@ -45,8 +46,8 @@ class Selection:
         return (
             f"{len(self.tasks):,} tasks ({reviewed:,} tokens to review) chosen from "
             f"{self.candidates:,} candidates in {self.rows:,} rows ({self.tokens:,} tokens; "
-            f"{self.bad_rows:,} rows without a usable text, {self.excluded:,} units excluded) "
-            f"in {self.seconds:.1f} s"
+            f"{self.bad_rows:,} rows without a usable text, {self.excluded:,} units excluded, "
+            f"{self.duplicates:,} repeats of a text passed over) in {self.seconds:.1f} s"
         )
 
 
@@ -71,9 +72,12 @@ def select(
     exclude: Iterable[str] = (),
     seed: int = 0,
     batch_size: int = 256,
+    keep_duplicates: bool = False,
 ) -> Selection:
     """The `n` most informative units of `rows` (or as many as fit in `tokens` tokens to
-    review), skipping units that overlap the tasks `exclude` names (their ids)."""
+    review), skipping units that overlap the tasks `exclude` names (their ids), and units
+    whose text is the same as a better one's but for case and digits (`same_text`), unless
+    `keep_duplicates`."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     if strategy not in STRATEGIES:
@@ -88,8 +92,7 @@ def select(
     limit = n if n is not None else tokens
     if limit is None or limit < 1:
         raise ValueError("give a budget: n >= 1 tasks, or tokens >= 1")
-    kept: list[tuple[float, int, _Candidate]] = []  # a heap of the best `limit` candidates
-    counter = itertools.count()
+    kept = _Best(limit, keep_duplicates)
     result = Selection()
     saved = {key: pipe.cfg[key] for key in ("confidence", "threshold", "nbest")}
     # Entity probabilities are computed for the chosen tasks only, at the end.
@@ -104,12 +107,8 @@ def select(
                     result.excluded += 1
                     continue
                 result.candidates += 1
-                item = (found.unit.score, next(counter), found)
-                if len(kept) < limit:
-                    heapq.heappush(kept, item)
-                elif item[:2] > kept[0][:2]:
-                    heapq.heapreplace(kept, item)
-        best = [found for _, _, found in sorted(kept, key=lambda item: (-item[0], item[1]))]
+                result.duplicates += not kept.offer(found)
+        best = kept.best()
         units = [Unit(0, found.cost, found.unit.score, found.unit.confidence) for found in best]
         chosen = [best[i] for i in choose(units, n=n, tokens=tokens)]
         docs = list({id(found.doc): found.doc for found in chosen}.values())
@@ -163,13 +162,54 @@ def _usable(rows: Iterable[Any], result: Selection) -> Iterator[tuple[Any, str]]
 
 class _Candidate(NamedTuple):
     """A unit worth a task, before the task is built: its scores, the tokens to review, the
-    characters of the row's text they span, and how to build the task."""
+    characters of the row's text they span, its text as `same_text` keys it (with the
+    region's place in its sentence, for a span), and how to build the task."""
 
     unit: Unit
     cost: int
     chars: tuple[int, int]
+    key: Any
     doc: Doc
     build: Callable[[], Task]
+
+
+class _Best:
+    """The `limit` best candidates offered (a heap), at most one per key unless
+    `keep_duplicates`: a better candidate with a kept one's key takes its place."""
+
+    def __init__(self, limit: int, keep_duplicates: bool) -> None:
+        self.limit = limit
+        self.keep_duplicates = keep_duplicates
+        self.heap: list[tuple[float, int, _Candidate]] = []
+        self.by_key: dict[Any, tuple[float, int, _Candidate]] = {}
+        self.counter = itertools.count()
+
+    def offer(self, found: _Candidate) -> bool:
+        """Consider `found`; False when it or a kept candidate was passed over as a repeat."""
+        item = (found.unit.score, next(self.counter), found)
+        if not self.keep_duplicates and found.key in self.by_key:
+            held = self.by_key[found.key]
+            if held[0] >= item[0]:
+                return False
+            self.heap[self.heap.index(held)] = item
+            heapq.heapify(self.heap)
+            self.by_key[found.key] = item
+            return False
+        elif len(self.heap) < self.limit:
+            heapq.heappush(self.heap, item)
+        elif item[:2] > self.heap[0][:2]:
+            dropped = heapq.heapreplace(self.heap, item)
+            if not self.keep_duplicates:
+                del self.by_key[dropped[2].key]
+        else:
+            return True
+        if not self.keep_duplicates:
+            self.by_key[found.key] = item
+        return True
+
+    def best(self) -> list[_Candidate]:
+        """The kept candidates, the most informative first (ties: the first offered)."""
+        return [found for _, _, found in sorted(self.heap, key=lambda item: (-item[0], item[1]))]
 
 
 def _candidates(
@@ -208,8 +248,12 @@ def _candidates(
         else:
             sentence = (start, end) if unit == "sentence" else (0, len(doc))
         chars = (int(starts[start]), int(starts[end - 1] + lengths[end - 1]))
+        first, last = doc[sentence[0]].idx, doc[sentence[1] - 1].idx + len(doc[sentence[1] - 1])
+        key = same_text(doc.text[first:last])
+        if unit == "span":
+            key = (key, chars[0] - first, chars[1] - first)
         build = partial(_task, doc, source, sentence, (start, end), each, unit, strategy, spans_key)
-        yield _Candidate(each, end - start, chars, doc, build)
+        yield _Candidate(each, end - start, chars, key, doc, build)
 
 
 def _task(

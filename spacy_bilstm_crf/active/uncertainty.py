@@ -19,7 +19,8 @@ expected errors per token a person reviews. `confidence` reverses each score's o
 for tools that show the least confident first.
 """
 
-from collections.abc import Sequence
+import re
+from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
 import numpy
@@ -30,6 +31,7 @@ UNITS = ("doc", "sentence", "span")
 # this, or its own uncertainty reaches SPAN_SEED; a region needs one token of the latter.
 SPAN_OUTSIDE = 0.95
 SPAN_SEED = 0.1
+_DIGITS = re.compile(r"\d")
 
 
 class Unit(NamedTuple):
@@ -118,24 +120,44 @@ def span_units(
     return units
 
 
-def choose(units: Sequence[Unit], n: int | None = None, tokens: int | None = None) -> list[int]:
+def choose(
+    units: Sequence[Unit],
+    n: int | None = None,
+    tokens: int | None = None,
+    keys: Sequence[Hashable] | None = None,
+) -> list[int]:
     """Indices of the units to annotate, most informative first: the first `n`, or as many
-    as fit in `tokens` tokens (a unit too big for what is left is passed over). Ties keep
-    the given order."""
+    as fit in `tokens` tokens (a unit too big for what is left is passed over). With `keys`
+    (see `same_text`), a unit whose key an earlier choice has is passed over: a pool repeats
+    datelines and table headers, and a person should not label the same text twice. Ties
+    keep the given order."""
     if (n is None) == (tokens is None):
         raise ValueError("give exactly one budget: n units or a number of tokens")
+    if n is not None and n < 1:
+        return []
     order = sorted(range(len(units)), key=lambda i: -units[i].score)
-    if n is not None:
-        return order[:n]
-    chosen, left = [], tokens
+    chosen: list[int] = []
+    seen: set[Hashable] = set()
+    left = tokens if tokens is not None else 0
     for i in order:
+        if keys is not None and keys[i] in seen:
+            continue
         size = units[i].end - units[i].start
-        if size <= left:
-            chosen.append(i)
-            left -= size
-        if left == 0:
+        if n is None and size > left:
+            continue
+        chosen.append(i)
+        if keys is not None:
+            seen.add(keys[i])
+        left -= size
+        if len(chosen) == n or (n is None and left == 0):
             break
     return chosen
+
+
+def same_text(text: str) -> str:
+    """A key under which texts count as the same for `choose`: case, digits and runs of
+    whitespace aside ("PARIS 1996-08-30" and "Paris 1996-08-31")."""
+    return " ".join(_DIGITS.sub("0", text.lower()).split())
 
 
 def _entropy_level(uncertainty: float) -> float:

@@ -47,6 +47,12 @@ def add(commands: argparse._SubParsersAction) -> None:
         help="files of tasks already sent (any format) or of task ids, or folders of them "
         "(their .jsonl and .json files): overlapping units are skipped",
     )
+    parser.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="also choose units whose text repeats a chosen one's but for case and digits "
+        "(by default only the most informative of them is chosen)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="for the random strategy")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--id-column", help="default: id, or row numbers")
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=exclude,
         seed=args.seed,
         batch_size=args.batch_size,
+        keep_duplicates=args.keep_duplicates,
     )
     written = write_tasks(selection.tasks, output, args.task_format)
     print(selection)
