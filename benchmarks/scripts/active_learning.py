@@ -273,7 +273,7 @@ def run_loop(args: argparse.Namespace) -> None:
         loop.save_state(folder)
         record = {
             "round": round_index,
-            "strategy": run_name(args.strategy, args.measure),
+            "strategy": run_name(args.strategy, args.measure, args.keep_duplicates),
             "seed": args.seed,
             "tokens": tokens,
             "share": share,
@@ -327,9 +327,11 @@ def run_full(args: argparse.Namespace) -> None:
     print(f"full data, {steps} steps: test F1 {100 * f1:.2f}", file=sys.stderr)
 
 
-def run_name(strategy: str, measure: str) -> str:
-    """The run's name: the strategy, and the measure of a sentence run other than MNLP."""
-    return f"{strategy}_{measure}" if strategy == "sentence" and measure != "mnlp" else strategy
+def run_name(strategy: str, measure: str, keep_duplicates: bool = False) -> str:
+    """The run's name: the strategy, the measure of a sentence run other than MNLP, and
+    `_repeats` for a run that may choose a text twice in a round."""
+    name = f"{strategy}_{measure}" if strategy == "sentence" and measure != "mnlp" else strategy
+    return f"{name}_repeats" if keep_duplicates and strategy in ("sentence", "span") else name
 
 
 def rounds_planned(args: argparse.Namespace) -> int:
@@ -368,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:
             for strategy in args.strategies:
                 run = argparse.Namespace(**vars(args), seed=seed, strategy=strategy)
-                run.output = args.output / f"{run_name(strategy, args.measure)}-{seed}"
+                name = run_name(strategy, args.measure, args.keep_duplicates)
+                run.output = args.output / f"{name}-{seed}"
                 if strategy == "full":
                     run_full(run)
                 elif finished(run):

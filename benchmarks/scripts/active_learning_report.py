@@ -26,6 +26,10 @@ NAMES = {
     "sentence_lc": "sentences by 1 - P(best analysis)",
     "sentence_entropy": "sentences by token entropy",
     "span": "spans by uncertainty, partial labels",
+    "sentence_repeats": "sentences by MNLP, repeated texts kept",
+    "sentence_lc_repeats": "sentences by 1 - P(best analysis), repeated texts kept",
+    "sentence_entropy_repeats": "sentences by token entropy, repeated texts kept",
+    "span_repeats": "spans by uncertainty, repeated texts kept",
 }
 
 
@@ -151,8 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", default="")
     parser.add_argument("--output", type=Path, help="write the Markdown table here too")
     parser.add_argument("--plot", type=Path, help="draw the learning curves to this PNG")
+    parser.add_argument(
+        "--strategies", nargs="+", help="the runs to show, by name (default: all; full always)"
+    )
     args = parser.parse_args(argv)
     runs = read_runs(args.runs)
+    if args.strategies:
+        runs = {name: seeds for name, seeds in runs.items() if name in {*args.strategies, "full"}}
     title = args.title or args.runs.name
     lines = table(dict(runs), title)
     text = "\n".join(lines) + "\n"
