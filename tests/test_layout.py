@@ -48,3 +48,17 @@ def test_no_module_is_much_over_400_lines() -> None:
         for path in PACKAGE.rglob("*.py")
     }
     assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+
+
+@pytest.mark.parametrize("project", ["", "benchmarks"])
+def test_every_script_is_run_by_a_project_command(project: str) -> None:
+    """A script in `scripts/` is named by a command of the project beside it, or imported by
+    one that is (a helper module): no dead scripts."""
+    root = PACKAGE.parent / project
+    commands = (root / "project.yml").read_text(encoding="utf-8")
+    scripts = {path.stem: path for path in (root / "scripts").glob("*.py")}
+    run = {name for name in scripts if f"scripts/{name}.py" in commands}
+    helpers = {
+        module for name in run for module in imported_modules(scripts[name]) if module in scripts
+    }
+    assert sorted(set(scripts) - run - helpers) == []

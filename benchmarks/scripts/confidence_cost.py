@@ -1,7 +1,7 @@
-"""Probe: words/s of `nlp.pipe` with confidence off, with one temperature, and with the two
+"""Words/s of `nlp.pipe` with confidence off, with one temperature, and with the two
 group temperatures (entities seen in training and new ones), interleaved rounds, 1 thread.
 
-    python benchmarks/probes/confidence_cost.py MODEL TEST.spacy TRAIN.spacy [ROUNDS]
+    python benchmarks/scripts/confidence_cost.py MODEL TEST.spacy TRAIN.spacy [ROUNDS]
 
 The temperatures are set, not fitted (their values do not change the work): what is
 measured is the second forward-backward pass that the two temperatures need.
