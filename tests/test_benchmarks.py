@@ -225,3 +225,9 @@ def test_active_learning_simulation_two_rounds(bench: Path) -> None:
     assert (runs / "full-0" / "model" / "config.cfg").is_file()
     again = run(*command, "--force", cwd=bench, timeout=900)  # finished runs stay as they are
     assert again.returncode == 0 and "span-0: done" in again.stdout + again.stderr
+    longer = [arg if arg != "0.2" else "0.3" for arg in command]  # a finished run goes on
+    longer += ["--vars.al_strategies", "full random sentence", "--force"]
+    assert run(*longer, cwd=bench, timeout=900).returncode == 0
+    for strategy in ("random", "sentence"):
+        rounds = [json.loads(line) for line in (runs / f"{strategy}-0" / "results.jsonl").open()]
+        assert [r["share"] for r in rounds] == pytest.approx([0.1, 0.2, 0.3], abs=0.02)

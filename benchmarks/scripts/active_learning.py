@@ -202,6 +202,17 @@ class Loop:
                 start, end = widen_to_entities(start, end, gold_entity_bounds(self.pool[owner]))
             self.reviewed[owner][start:end] = True
 
+    def label_next(self, round_index: int) -> None:
+        """Label what round `round_index + 1` adds, chosen by the model as it is now."""
+        args = self.args
+        budget = round((round_index + 1) * args.step * self.total + args.start * self.total)
+        budget -= self.cost()[0]
+        rng = numpy.random.default_rng([args.seed, round_index])
+        if args.strategy == "random":
+            self.label_random(budget, rng)
+        else:
+            self.label_by_strategy(budget, rng)
+
     def cost(self) -> tuple[int, int]:
         """Tokens reviewed and sentences touched so far."""
         tokens = int(sum(int(mask.sum()) for mask in self.reviewed))
@@ -248,6 +259,10 @@ def run_loop(args: argparse.Namespace) -> None:
         loop.load_state(last)
         previous: Path | None = last
         print(f"resuming after round {len(rounds) - 1}", file=sys.stderr, flush=True)
+        if loop.cost()[0] == rounds[-1]["tokens"]:  # a run that ended there: label the next
+            loop.pipe.from_disk(last / "ner", exclude=["vocab"])  # its saved (averaged) weights
+            loop.label_next(len(rounds) - 1)
+            loop.save_state(last)
     else:
         loop.label_random(round(args.start * loop.total), rng)
         previous = None
@@ -262,14 +277,7 @@ def run_loop(args: argparse.Namespace) -> None:
             loop.pipe.to_disk(folder / "ner", exclude=["vocab"])
         share = tokens / loop.total
         more = round_index + 1 < rounds_planned(args)
-        round_rng = numpy.random.default_rng([args.seed, round_index])
-        if more:
-            budget = round((round_index + 1) * args.step * loop.total + args.start * loop.total)
-            budget -= tokens
-            if args.strategy == "random":
-                loop.label_random(budget, round_rng)
-            else:
-                loop.label_by_strategy(budget, round_rng)
+        loop.label_next(round_index)  # also after the last round, so that a longer run resumes
         loop.save_state(folder)
         record = {
             "round": round_index,
