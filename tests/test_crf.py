@@ -807,6 +807,8 @@ def test_piece_nbest_equals_brute_force_marginals(scheme: str) -> None:
     rows, starts, ends = (torch.tensor(column) for column in zip(*pieces))
     k = 4
     paths, log_probs = crf.piece_nbest(emissions, mask, rows, starts, ends, k)
+    one_path, one_log_prob = crf.piece_nbest(emissions, mask, rows, starts, ends, 1)  # Viterbi
+    assert torch.equal(one_path, paths[:, :1]) and torch.allclose(one_log_prob, log_probs[:, :1])
     for p, (row, start, end) in enumerate(pieces):
         length = lengths[row]
         log_z = crf.log_partition(emissions[row : row + 1, :length]).item()

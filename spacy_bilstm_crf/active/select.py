@@ -24,6 +24,7 @@ from spacy.pipeline import Sentencizer
 from spacy.tokens import Doc, Span
 from spacy.util import minibatch
 
+from ..pipeline.spans import sentence_bounds
 from .tasks import Task, doc_tokens, span_entities
 from .uncertainty import STRATEGIES, UNITS, Unit, choose, piece_units, same_text, span_units
 
@@ -223,7 +224,7 @@ def _candidates(
 ) -> Iterator[_Candidate]:
     """The doc's candidate units; their tasks are built only for the units chosen."""
     starts, lengths, spaces = doc.to_array([IDX, LENGTH, IS_SPACE]).T
-    sentences = [(sent.start, sent.end) for sent in doc.sents] if unit != "doc" else []
+    sentences = sentence_bounds(doc) if unit != "doc" else []
     if unit == "span":
         measure = "lc" if strategy == "mnlp" else strategy
         found = span_units(analysis.marginals, sentences, measure, rng)
@@ -235,6 +236,7 @@ def _candidates(
             pieces = [(first, last, 0.0) for first, last in sentences or [(0, len(doc))]]
         found = piece_units(pieces, analysis.marginals, strategy, rng)
     first_tokens = [first for first, _ in sentences]
+    text = doc.text  # once: each read joins every token's text
     for each in found:
         start, end = each.start, each.end
         while start < end and spaces[start]:
@@ -249,7 +251,7 @@ def _candidates(
             sentence = (start, end) if unit == "sentence" else (0, len(doc))
         chars = (int(starts[start]), int(starts[end - 1] + lengths[end - 1]))
         first, last = doc[sentence[0]].idx, doc[sentence[1] - 1].idx + len(doc[sentence[1] - 1])
-        key = same_text(doc.text[first:last])
+        key = same_text(text[first:last])
         if unit == "span":
             key = (key, chars[0] - first, chars[1] - first)
         build = partial(_task, doc, source, sentence, (start, end), each, unit, strategy, spans_key)

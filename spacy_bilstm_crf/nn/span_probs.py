@@ -178,14 +178,42 @@ def piece_nbest(
     """The `k` most probable labellings `(P, k, L)` (padded with -1) of each piece, tokens
     `starts[p]..ends[p]-1` of sequence `rows[p]`, and their log probabilities `(P, k)` under
     the sequence's CRF (every labelling of the rest of the sequence summed over), best first.
-    Missing labellings (a piece with fewer than `k`) have `-inf`."""
+    Missing labellings (a piece with fewer than `k`) have `-inf`. Pieces are searched in
+    groups of similar length (widths within a factor of two), not all padded to the longest:
+    sentences of one text range from a word to hundreds."""
     messages = forward_backward(emissions, mask, trans, start, end)
+    sizes = ends - starts  # shape: (P,)
+    paths = torch.full((len(rows), k, int(sizes.max())), -1, dtype=torch.long, device=rows.device)
+    best = emissions.new_full((len(rows), k), NEG_INF)
+    groups = torch.ceil(torch.log2(sizes.clamp(min=1).to(torch.float64))).to(torch.long)
+    for group in torch.unique(groups).tolist():
+        index = torch.nonzero(groups == group).squeeze(1)
+        found, scores = _piece_search(
+            emissions, messages, trans, start, rows[index], starts[index], ends[index], k
+        )
+        paths[index, :, : found.shape[2]] = found
+        best[index] = scores
+    return paths, best - messages.log_z[rows].unsqueeze(1)
+
+
+def _piece_search(
+    emissions: Tensor,
+    messages: Messages,
+    trans: Tensor,
+    start: Tensor,
+    rows: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """`piece_nbest`'s search for some pieces, padded to the longest of them; scores not yet
+    normalized by `log Z`."""
     sizes = ends - starts  # shape: (P,)
     width = int(sizes.max())
     positions = starts.unsqueeze(1) + torch.arange(width, device=rows.device)  # shape: (P, L)
     piece_mask = positions < ends.unsqueeze(1)  # shape: (P, L)
     safe = torch.where(piece_mask, positions, starts.unsqueeze(1))
-    scores = emissions[rows.unsqueeze(1), safe].clone()  # shape: (P, L, K)
+    scores = emissions[rows.unsqueeze(1), safe]  # shape: (P, L, K), a copy
     before = (starts - 1).clamp(min=0)
     entering = _logsumexp(
         messages.prefix(rows, before).unsqueeze(2) + trans, dim=1
@@ -197,7 +225,5 @@ def piece_nbest(
     zero = trans.new_zeros(trans.shape[0])
     if k == 1:  # the same path and score as the k-best search, at the cost of Viterbi
         path, score = viterbi(scores, piece_mask, trans, zero, zero)
-        paths, best = path.unsqueeze(1), score.unsqueeze(1)
-    else:
-        paths, best = kbest_viterbi(scores, piece_mask, trans, zero, zero, k)
-    return paths, best - messages.log_z[rows].unsqueeze(1)
+        return path.unsqueeze(1), score.unsqueeze(1)
+    return kbest_viterbi(scores, piece_mask, trans, zero, zero, k)

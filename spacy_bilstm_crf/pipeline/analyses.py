@@ -15,7 +15,7 @@ from thinc.types import Floats2d
 from ..ml import crf_ops
 from ..ml.segments import split_by
 from .known_entities import are_known
-from .spans import read_sequences
+from .spans import read_sequences, sentence_bounds
 
 
 class Piece(NamedTuple):
@@ -65,11 +65,7 @@ def best_analyses(
     segment = 0
     for doc_index, (doc, lengths) in enumerate(zip(docs, segments)):
         offset = 0
-        sentences = (
-            [(s.start, s.end) for s in doc.sents]
-            if doc.has_annotation("SENT_START")
-            else [(0, len(doc))]
-        )
+        sentences = sentence_bounds(doc)
         for length in lengths:
             for begin, finish in sentences:
                 begin, finish = max(begin, offset), min(finish, offset + length)

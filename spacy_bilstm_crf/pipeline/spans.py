@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy
-from spacy.attrs import ENT_IOB, IS_SPACE
+from spacy.attrs import ENT_IOB, IS_SPACE, SENT_START
 from spacy.tokens import Doc, Span, SpanGroup
 
 # ENT_IOB values in spaCy: 1 inside, 3 begin.
@@ -155,3 +155,13 @@ def set_nbest(
         if len(pieces) == 1:
             group.attrs["probability"] = probabilities[0]
         doc.spans[group.name] = group
+
+
+def sentence_bounds(doc: Doc) -> list[tuple[int, int]]:
+    """Each sentence's tokens `(start, end)`, as `doc.sents` has them but read from one array
+    (`doc.sents` makes a Token object per token); the whole doc without sentence starts."""
+    if not doc.has_annotation("SENT_START"):
+        return [(0, len(doc))] if len(doc) else []
+    found = numpy.flatnonzero(doc.to_array(SENT_START) == 1)
+    starts = [0, *(int(i) for i in found if i > 0)]
+    return list(zip(starts, [*starts[1:], len(doc)]))
