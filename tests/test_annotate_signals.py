@@ -43,6 +43,9 @@ BEFORE_SIGNAL = 2
 # Generous on a busy machine; a hang used to last minutes.
 EXIT_SECONDS = 10
 PROGRESS = re.compile(r"part-\d{5}\.jsonl: [\d,]+ rows, [\d,]+ errors \([\d.]+ s\)")
+# Python's multiprocessing resource tracker (a process of its own, sharing stderr) now and then
+# warns, after the run has exited, that a queue's semaphore it was to clean up is already gone.
+TRACKER = re.compile(r".*resource_tracker.*")
 STOPPED = re.compile(
     r"interrupted: ([\d,]+) of the input's rows done \((\d+) complete shards? in (.+)\); "
     r"run the same command again to resume"
@@ -144,7 +147,7 @@ def check_stopped(code: int, seconds: float, lines: list[str], out: Path, exit_c
     exactly the interrupted line, whose counts are the manifest's. Returns the shards done."""
     assert code == exit_code, lines
     assert seconds < EXIT_SECONDS
-    others = [line for line in lines if not PROGRESS.fullmatch(line)]
+    others = [line for line in lines if not (PROGRESS.fullmatch(line) or TRACKER.fullmatch(line))]
     assert len(others) == 1, others
     match = STOPPED.fullmatch(others[0])
     assert match, others

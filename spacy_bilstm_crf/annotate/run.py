@@ -20,6 +20,7 @@ Run `python -m spacy_bilstm_crf annotate MODEL INPUT OUTPUT [options]`.
 import contextlib
 import hashlib
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -213,8 +214,9 @@ def annotate(
             )
         with contextlib.closing(done):  # an interrupted engine stops its workers first
             for annotated in done:
-                report = _write(annotated, output_dir, output_format, scored, manifest, start)
-                _add(summary, report)
+                with _signals_held():
+                    report = _write(annotated, output_dir, output_format, scored, manifest, start)
+                    _add(summary, report)
                 if on_shard is not None:
                     on_shard(report)
         manifest.finish()
@@ -270,6 +272,27 @@ def _pipe_settings(confidence: bool | None, threshold: float | None) -> dict[str
         if threshold > 0:
             settings.setdefault("confidence", True)
     return settings
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a shard is written and counted, so that its file, the
+    manifest and the summary agree when the run is stopped; a signal that came meanwhile
+    acts right after. Only in the main thread with Python's handlers: elsewhere, as is."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    foreign = any(signal.getsignal(number) is None for number in held)  # set outside Python
+    if foreign or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda got, _: caught.append(got)) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _add(summary: Summary, report: ShardReport) -> None:
