@@ -12,7 +12,7 @@ How data flows, and where:
 - `nn/`: the PyTorch modules, BiLSTM and CRF with its algorithms; nothing of spaCy or thinc.
 - `ml/`: thinc architectures: token features and `BiLSTMCRF.v1`, and the CRF operations.
 - `pipeline/`: the `bilstm_crf` component; it never does CRF maths itself.
-- `training/`: CoNLL reading, gold tags for training, config callbacks.
+- `train/`: CoNLL reading, gold tags for training, config callbacks.
 - `calibration/`: calibration metrics and temperature fitting.
 - `annotate/`: the batch annotator, locally or on Ray.
 - `active/`: the annotation loop: choose what to label, tool formats, ingest the answers.
@@ -29,7 +29,7 @@ from .ml import (
 from .nn import CRF, BiLSTMTagger
 from .pipeline import BiLSTMCRFTagger, make_bilstm_crf
 from .tags import Constraints, allowed_transitions, tag_names
-from .training import make_check_vectors, make_require
+from .train import make_check_vectors, make_require
 
 __all__ = [
     "CRF",

@@ -28,7 +28,7 @@ from spacy_bilstm_crf.annotate.rows import Row
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
-MODEL = FIXTURES / "saved_pipeline"
+MODEL = FIXTURES / "sample_pipeline"
 # Offsets are characters of the original text: an emoji (two UTF-16 units), CR LF, two spaces.
 ODD = "Tom went to 😀 Paris .\r\nThen  to New York with Anna !"
 
@@ -420,7 +420,7 @@ def test_select_and_ingest_commands_round_after_round(tmp_path: Path) -> None:
 def test_spacy_train_learns_from_partial_answers(tmp_path: Path) -> None:
     """Span answers from the sample's gold: only the regions labelled; `spacy train` on them
     runs and its loss falls."""
-    from spacy_bilstm_crf.training.conll import conll_to_docs
+    from spacy_bilstm_crf.train.conll import conll_to_docs
 
     nlp = spacy.blank("en")
     docs = conll_to_docs(nlp.vocab, REPO / "assets" / "wnut17_sample" / "train.conll", 1)

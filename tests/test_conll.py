@@ -1,4 +1,4 @@
-"""Tests for spacy_bilstm_crf.training.conll: CoNLL NER reading, grouping and DocBin conversion."""
+"""Tests for spacy_bilstm_crf.train.conll: CoNLL NER reading, grouping and DocBin conversion."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
-from spacy_bilstm_crf.training.conll import (
+from spacy_bilstm_crf.train.conll import (
     ConllFormatError,
     Sentence,
     Stats,
@@ -318,7 +318,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-m", "spacy_bilstm_crf.training.conll", *map(str, args)]
+    command = [sys.executable, "-m", "spacy_bilstm_crf.train.conll", *map(str, args)]
     return subprocess.run(
         command, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=120
     )

@@ -7,7 +7,7 @@ import spacy
 from spacy.tokens import Doc
 from spacy.training import Example
 
-from spacy_bilstm_crf.training.gold import UnknownLabelError, _aligned_tag_ids, gold_tag_ids
+from spacy_bilstm_crf.train.gold import UnknownLabelError, _aligned_tag_ids, gold_tag_ids
 
 # "person" and "group" hash above 2**63, "location" below: both halves of uint64.
 LABELS = ["location", "person", "group", "PER"]

@@ -9,7 +9,7 @@ import torch
 from spacy.training import Example
 from spacy.util import fix_random_seed, minibatch
 
-from spacy_bilstm_crf.training.conll import read_conll, sentences_to_doc
+from spacy_bilstm_crf.train.conll import read_conll, sentences_to_doc
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 

@@ -18,7 +18,7 @@ import spacy
 import srsly
 from weasel.util import load_project_config
 
-from spacy_bilstm_crf.training.conll import convert
+from spacy_bilstm_crf.train.conll import convert
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -16,7 +16,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 from spacy.util import fix_random_seed, load_config, load_model_from_config
 
-from spacy_bilstm_crf.training.callbacks import make_require
+from spacy_bilstm_crf.train.callbacks import make_require
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "bilstm_crf_trf.cfg"

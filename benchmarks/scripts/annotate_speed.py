@@ -42,7 +42,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from spacy_bilstm_crf.annotate import ShardReport, annotate
-from spacy_bilstm_crf.training.conll import read_conll
+from spacy_bilstm_crf.train.conll import read_conll
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from speed import cpu_model  # noqa: E402

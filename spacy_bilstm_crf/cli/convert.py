@@ -1,10 +1,10 @@
-"""`python -m spacy_bilstm_crf convert`: CoNLL NER files to `.spacy` (see `training/conll.py`),
+"""`python -m spacy_bilstm_crf convert`: CoNLL NER files to `.spacy` (see `train/conll.py`),
 for what `spacy convert` does not read: IOB1 tags, middle columns, and document starts from
 `-DOCSTART-` lines or `<split>.doc_starts.txt` files."""
 
 import argparse
 
-from ..training import conll
+from ..train import conll
 
 
 def add(commands: argparse._SubParsersAction) -> None:

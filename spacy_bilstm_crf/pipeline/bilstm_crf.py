@@ -22,7 +22,7 @@ from ..ml import bilstm_crf as bilstm_crf_model
 from ..ml import crf_ops
 from ..ml.segments import split_by
 from ..tags import tag_names
-from ..training.gold import UnknownLabelError, gold_tag_ids, restart_segments
+from ..train.gold import UnknownLabelError, gold_tag_ids, restart_segments
 from .analyses import Analysis, Piece, Predictions, best_analyses, entity_probs
 from .known_entities import training_keys
 from .settings import DEFAULT_MODEL, MODEL_SETTINGS, check_settings

@@ -1,6 +1,6 @@
 """A pipeline saved by an earlier release loads and predicts exactly what it did then.
 
-The fixture (`tests/fixtures/saved_pipeline`, made by `tests/fixtures/make_saved_pipeline.py`)
+The fixture (`tests/fixtures/sample_pipeline`, made by `tests/fixtures/make_sample_pipeline.py`)
 holds a small trained pipeline and its predictions on the shipped sample's dev texts when it
 was saved: entities, their probabilities under the saved temperatures, and n-best analyses.
 """
@@ -14,10 +14,10 @@ import srsly
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def test_saved_pipeline_predicts_as_when_saved() -> None:
+def test_sample_pipeline_predicts_as_when_saved() -> None:
     saved = srsly.read_json(FIXTURES / "saved_predictions.json")
     runtime = {"confidence": True, "nbest": 3}
-    nlp = spacy.load(FIXTURES / "saved_pipeline", config={"components": {"ner": runtime}})
+    nlp = spacy.load(FIXTURES / "sample_pipeline", config={"components": {"ner": runtime}})
     assert nlp.get_pipe("ner").cfg["unseen_temperature"] == 1.6
     assert sum(len(p["ents"]) for p in saved["predictions"]) > 100
     for text, expected, doc in zip(saved["texts"], saved["predictions"], nlp.pipe(saved["texts"])):
