@@ -250,7 +250,10 @@ def _candidates(
         else:
             sentence = (start, end) if unit == "sentence" else (0, len(doc))
         chars = (int(starts[start]), int(starts[end - 1] + lengths[end - 1]))
-        first, last = doc[sentence[0]].idx, doc[sentence[1] - 1].idx + len(doc[sentence[1] - 1])
+        first, last = (
+            int(starts[sentence[0]]),
+            int(starts[sentence[1] - 1] + lengths[sentence[1] - 1]),
+        )
         key = same_text(text[first:last])
         if unit == "span":
             key = (key, chars[0] - first, chars[1] - first)
