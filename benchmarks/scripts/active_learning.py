@@ -8,7 +8,8 @@ tokens (whole sentences, the same for every strategy of a seed); each later roun
 `--step` of the tokens, chosen by the strategy with the product's own selection code
 (`BiLSTMCRFTagger.analyze` and `spacy_bilstm_crf.active.uncertainty`), until `--until`.
 Every round trains the model further, warm-started from the last round's weights, for a
-fixed `--round-steps` steps, then scores the test set. Strategies:
+fixed `--round-steps` steps, then scores the test set; its averaged weights, the ones it
+saves and scores with, choose the next round's units. Strategies:
 
 - `random`: random sentences;
 - `sentence`: the sentences of highest `--measure` (default MNLP);
@@ -273,11 +274,13 @@ def run_loop(args: argparse.Namespace) -> None:
         f1, optimizer = loop.train(round_index, args.round_steps, previous)
         folder = args.output / f"round-{round_index:02d}"
         folder.mkdir(exist_ok=True)
-        with loop.nlp.use_params(optimizer.averages):
-            loop.pipe.to_disk(folder / "ner", exclude=["vocab"])
         share = tokens / loop.total
         more = round_index + 1 < rounds_planned(args)
-        loop.label_next(round_index)  # also after the last round, so that a longer run resumes
+        # The saved (averaged) weights choose, as `select` with the saved pipeline would, and
+        # as a resumed run does; also after the last round, so that a longer run resumes.
+        with loop.nlp.use_params(optimizer.averages):
+            loop.pipe.to_disk(folder / "ner", exclude=["vocab"])
+            loop.label_next(round_index)
         loop.save_state(folder)
         record = {
             "round": round_index,
