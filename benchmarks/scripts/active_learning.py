@@ -320,6 +320,7 @@ def run_full(args: argparse.Namespace) -> None:
     steps = rounds_planned(args) * args.round_steps
     for mask in loop.reviewed:
         mask[:] = True
+    print(f"full data: {steps} steps on {loop.total:,} tokens", file=sys.stderr, flush=True)
     begin = time.perf_counter()
     f1, optimizer = loop.train(0, steps, None)
     with loop.nlp.use_params(optimizer.averages):
