@@ -231,3 +231,11 @@ def test_active_learning_simulation_two_rounds(bench: Path) -> None:
     for strategy in ("random", "sentence"):
         rounds = [json.loads(line) for line in (runs / f"{strategy}-0" / "results.jsonl").open()]
         assert [r["share"] for r in rounds] == pytest.approx([0.1, 0.2, 0.3], abs=0.02)
+    straight = bench / "metrics" / "straight"  # the same run, never stopped, chooses the same
+    script = ["scripts/active_learning.py", "../corpus/wnut17_sample", straight, "--seeds", "0"]
+    script += ["--strategies", "sentence", "--vectors", "../corpus/wnut17_sample/vectors"]
+    script += ["--start", "0.1", "--step", "0.1", "--until", "0.3", "--round-steps", "6"]
+    assert run(*script, cwd=bench, timeout=900).returncode == 0
+    for name in ("round-01", "round-02"):
+        chosen = (straight / "sentence-0" / name / "reviewed.json").read_text(encoding="utf8")
+        assert chosen == (runs / "sentence-0" / name / "reviewed.json").read_text(encoding="utf8")
