@@ -292,15 +292,10 @@ def test_documented_exports_read_back(tmp_path: Path) -> None:
             '"answer": "reject"}], "answer": "accept", "_view_id": "ner"}\n',
             "binary answer",
         ),
-        ("doccano", '{"text": "abc", "label": [[0, 2, "X"], [1, 3, "Y"]]}\n', "overlap"),
         ("doccano", '{"label": [[0, 1, "X"]]}\n', "line 1: the task has no text"),
         ("doccano", '{"text": "abc", "label": [[0, 1]]}\n', "must be [start, end, LABEL]"),
-        (
-            "label-studio",
-            '[{"data": {"text": "ab"}, "annotations": [{"result": [{"type": '
-            '"labels", "value": {"start": 0, "end": 1, "labels": ["A", "B"]}}]}]}]',
-            "task 1:",
-        ),
+        ("label-studio", '[{"data": {"text": "ab"}, "annotations": []}, 3]', "task 2:"),
+        ("label-studio", '[{"text": "ab", "label": []}]', "export JSON or JSON_MIN"),
     ],
 )
 def test_malformed_exports_are_errors_naming_the_place(
@@ -312,11 +307,16 @@ def test_malformed_exports_are_errors_naming_the_place(
         list(read_answers(path, fmt))
 
 
-def test_an_entity_off_the_token_boundaries_is_an_error(nlp: spacy.Language, tmp_path: Path):
+def test_an_entity_off_the_token_boundaries_is_snapped_to_them(nlp: spacy.Language, tmp_path):
     path = tmp_path / "a.jsonl"
-    path.write_text('{"text": "Paris is big", "label": [[0, 3, "LOC"]]}\n')
-    with pytest.raises(FormatError, match="line 1: entity 'Par' .* token boundaries"):
-        ingest(nlp, read_answers(path, "doccano"))
+    path.write_text('{"text": "Paris is big", "label": [[0, 3, "LOC"], [8, 10, "LOC"]]}\n')
+    result = ingest(nlp, read_answers(path, "doccano"))
+    (doc,) = result.docs
+    assert [(e.text, e.label_) for e in doc.ents] == [("Paris", "LOC"), ("big", "LOC")]
+    assert [(before, after) for _, before, after in result.snapped] == [
+        ("Par", "Paris"),
+        (" b", "big"),
+    ]
 
 
 def test_task_ids_read_from_any_format(nlp: spacy.Language, tmp_path: Path) -> None:
@@ -480,3 +480,28 @@ def test_spacy_train_learns_from_partial_answers(tmp_path: Path) -> None:
         if re.match(r"^\s*\d+\s+\d+\s+[\d.]+", row)
     ]
     assert len(losses) >= 4 and losses[-1] < losses[1], losses
+
+
+def test_select_finds_the_only_bilstm_crf_component_whatever_its_name(tmp_path: Path) -> None:
+    """A pipeline made with `nlp.add_pipe("bilstm_crf")` names its component `bilstm_crf`;
+    with two, `--component` chooses."""
+    nlp = spacy.load(MODEL)
+    nlp.rename_pipe("ner", "bilstm_crf")
+    one = tmp_path / "one"
+    nlp.to_disk(one)
+    nlp.add_pipe("ner", name="other", source=spacy.load(MODEL))
+    two = tmp_path / "two"
+    nlp.to_disk(two)
+    pool = tmp_path / "pool.jsonl"
+    srsly.write_jsonl(pool, [{"id": 0, "text": "Ann went to Paris with Bob ."}])
+    ok = run_cli("select", one, pool, tmp_path / "a.jsonl", "--n", "1", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert len(list(srsly.read_jsonl(tmp_path / "a.jsonl"))) == 1
+    both = run_cli("select", two, pool, tmp_path / "b.jsonl", "--n", "1", cwd=tmp_path)
+    assert both.returncode == 2
+    assert "2 bilstm_crf components (['bilstm_crf', 'other'])" in both.stderr
+    assert "--component" in both.stderr and not (tmp_path / "b.jsonl").exists()
+    chosen = run_cli(
+        "select", two, pool, tmp_path / "c.jsonl", "--n", "1", "--component", "other", cwd=tmp_path
+    )
+    assert chosen.returncode == 0, chosen.stderr

@@ -4,46 +4,55 @@ Export (one JSON object per task):
 - `prodigy`: `ner.manual` / `ner.correct` input: `text`, `tokens` (`text`, `start`, `end`,
   `id`, `ws`), `spans` (`start`, `end`, `token_start`, `token_end` inclusive, `label`,
   `score`), `meta` (the task's score, shown on the card). No hashes: Prodigy sets its own.
-- `label-studio`: `data` (`text`, the region to review, the task id) and one prediction
-  whose `result` items are `labels` regions with a `score` each, and whose `score` is the
-  model's confidence, so that Label Studio's lowest-first order shows the least certain
-  first. The labeling config (`label_studio_config`) names `label` and `text`.
+- `label-studio`: see `label_studio.py`; names from the project's labeling config.
 - `doccano`: sequence-labelling JSONL, `text` and `label: [[start, end, "LABEL"], ...]`;
   the task id is `task_id`, since doccano writes its own `id` over an imported one.
 - `jsonl`: this package's own, every field of a `Task`.
 
-Import (`read_answers`): Prodigy's `db-out` JSONL, Label Studio's JSON export (a list of
-tasks, or JSON lines), doccano's JSONL export, or the `jsonl` format with an `answer`. Each
-answer gives the text, the reviewed region and the entities a person confirmed. Rejected and
-ignored Prodigy answers, cancelled Label Studio annotations and tasks nobody annotated are
-skipped (counted, not trained on): a rejected `ner.manual` task says the text is unusable,
-not which tokens are outside an entity.
+Import (`read_answers`): Prodigy's `db-out` JSONL, Label Studio's JSON or JSON_MIN export,
+doccano's JSONL export, or the `jsonl` format with an `answer`. Each answer gives the text,
+the reviewed region and the entities a person confirmed. Only what a person answered is
+read: rejected and ignored Prodigy answers, cancelled or unannotated Label Studio tasks and
+`jsonl` records without an answer are skipped (counted, not trained on); a rejected
+`ner.manual` task says the text is unusable, not which tokens are outside an entity.
+
+doccano turns imported pre-annotations into the importing user's own labels, and its plain
+export holds every example: one nobody opened looks like one a person accepted. Only its
+export with "Export only approved documents" holds just what a person marked done, so that
+is the export read. Given the tasks as sent (`sent`), an export that holds every example
+sent, some still labelled as sent, is refused as the plain export, unless `all_approved`
+says that a person approved every example.
 """
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
+from .answers import (
+    Answer,
+    FormatError,
+    Skipped,
+    Slip,
+    checked_answer,
+    offsets,
+    review_region,
+)
+from .label_config import LabelConfig
+from .label_studio import read_export, task_record
 from .tasks import Task
 
 FORMATS = ("prodigy", "label-studio", "doccano", "jsonl")
-# The names that the Label Studio config and the tasks' results share.
-LS_FROM, LS_TO = "label", "text"
+# What a doccano example's labels were when sent: task id -> sorted (start, end, label).
+Sent = dict[str, list[tuple[int, int, str]]]
 
 
-class FormatError(ValueError):
-    """An answer file that cannot be read; the message names the line or task."""
-
-
-def to_record(task: Task, fmt: str) -> dict[str, Any]:
-    """The task as the tool `fmt` imports it."""
+def to_record(task: Task, fmt: str, config: LabelConfig | None = None) -> dict[str, Any]:
+    """The task as the tool `fmt` imports it (Label Studio: named as `config` says)."""
     if fmt == "prodigy":
         return _prodigy(task)
     if fmt == "label-studio":
-        return _label_studio(task)
+        return task_record(task, _meta(task), config or LabelConfig())
     if fmt == "doccano":
         return _doccano(task)
     if fmt == "jsonl":
@@ -89,34 +98,6 @@ def _prodigy(task: Task) -> dict[str, Any]:
     return {"text": task.text, "tokens": tokens, "spans": spans, "meta": meta}
 
 
-def _label_studio(task: Task) -> dict[str, Any]:
-    start, end = task.review
-    data = {LS_TO: task.text, "review": task.text[start:end], **_meta(task)}
-    result = []
-    for i, entity in enumerate(task.entities):
-        item: dict[str, Any] = {
-            "id": f"{task.id}-{i}",
-            "from_name": LS_FROM,
-            "to_name": LS_TO,
-            "type": "labels",
-            "value": {
-                "start": entity.start,
-                "end": entity.end,
-                "text": task.text[entity.start : entity.end],
-                "labels": [entity.label],
-            },
-        }
-        if entity.score is not None:
-            item["score"] = round(entity.score, 6)
-        result.append(item)
-    prediction = {
-        "model_version": "bilstm_crf",
-        "score": round(task.confidence, 6),
-        "result": result,
-    }
-    return {"data": data, "predictions": [prediction]}
-
-
 def _doccano(task: Task) -> dict[str, Any]:
     label = [[entity.start, entity.end, entity.label] for entity in task.entities]
     return {"text": task.text, "label": label, **_meta(task)}
@@ -129,102 +110,86 @@ def _jsonl(task: Task) -> dict[str, Any]:
     return {"text": task.text, "entities": entities, **_meta(task)}
 
 
-def label_studio_config(labels: Iterable[str]) -> str:
-    """A Label Studio labeling config for the tasks: the `text` field, `label` regions."""
-    choices = "\n".join(f"    <Label value={quoteattr(label)}/>" for label in labels)
-    return (
-        "<View>\n"
-        f'  <Labels name="{LS_FROM}" toName="{LS_TO}">\n{choices}\n  </Labels>\n'
-        f'  <Text name="{LS_TO}" value="${LS_TO}"/>\n'
-        '  <Header value="$review"/>\n'
-        "</View>\n"
-    )
-
-
-@dataclass
-class Answer:
-    """A reviewed task: the text, the region the person reviewed, the entities they set
-    (character offsets, end exclusive) and where it came from in the file."""
-
-    text: str
-    review: tuple[int, int]
-    entities: list[tuple[int, int, str]]
-    where: str
-    source: Any = None
-    offset: int = 0
-
-
-@dataclass
-class Skipped:
-    """A task left out, and why."""
-
-    where: str
-    reason: str
-
-
-def read_answers(path: Path, fmt: str) -> Iterator[Answer | Skipped]:
-    """The answers of an export file of the tool `fmt`, in file order."""
+def read_answers(
+    path: Path,
+    fmt: str,
+    *,
+    config: LabelConfig | None = None,
+    sent: Sent | None = None,
+    all_approved: bool = False,
+) -> Iterator[Answer | Skipped]:
+    """The answers of an export file of the tool `fmt`, in file order; a task a person made
+    unusable (overlapping regions, say) comes as `Skipped` with the reason. `config`: the
+    Label Studio project's labeling config; `sent` and `all_approved`: doccano (see above)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    for where, record in _records(path, fmt):
+    if fmt == "label-studio":
+        yield from read_export(_label_studio_records(path), path.name, config)
+        return
+    records = list(_json_lines(path.name, path.read_text(encoding="utf-8-sig")))
+    if fmt == "doccano" and sent is not None and not all_approved:
+        _refuse_plain_doccano(path, [record for _, record in records], sent)
+    for where, record in records:
         if not isinstance(record, dict):
             raise FormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        if fmt == "prodigy":
-            yield _prodigy_answer(record, where)
-        elif fmt == "label-studio":
-            yield _label_studio_answer(record, where)
-        elif fmt == "doccano":
-            yield _doccano_answer(record, where)
-        else:
-            yield _jsonl_answer(record, where)
-
-
-def _records(path: Path, fmt: str) -> Iterator[tuple[str, Any]]:
-    """`(where, record)` for each record: JSON lines, or (Label Studio) one JSON list."""
-    raw = path.read_text(encoding="utf-8-sig")
-    if fmt == "label-studio" and raw.lstrip().startswith("["):
         try:
-            tasks = json.loads(raw)
+            if fmt == "prodigy":
+                yield _prodigy_answer(record, where)
+            elif fmt == "doccano":
+                yield _doccano_answer(record, where)
+            else:
+                yield _jsonl_answer(record, where)
+        except Slip as slip:
+            yield Skipped(where, "unusable", str(slip))
+
+
+def _refuse_plain_doccano(path: Path, records: list[Any], sent: Sent) -> None:
+    """A FormatError if the export holds every example sent and some are still labelled as
+    they were sent: doccano's plain export, where nobody may have opened them."""
+    exported = {
+        str(record.get("task_id")): record for record in records if isinstance(record, dict)
+    }
+    if not sent or not set(sent) <= set(exported):
+        return
+    unchanged = [
+        task_id
+        for task_id, labels in sent.items()
+        if sorted(tuple(label) for label in exported[task_id].get("label") or []) == labels
+    ]
+    if unchanged:
+        raise FormatError(
+            f"{path.name} holds all {len(sent):,} examples sent, {len(unchanged):,} of them "
+            "still labelled as sent: this is doccano's plain export, where examples nobody "
+            "opened carry the model's guesses. Export JSONL with 'Export only approved "
+            "documents' checked (if a person approved every example, pass --all-approved)"
+        )
+
+
+def _label_studio_records(path: Path) -> list[Any]:
+    """A Label Studio export: one JSON list, or JSON lines."""
+    raw = path.read_text(encoding="utf-8-sig")
+    if raw.lstrip().startswith("["):
+        try:
+            return json.loads(raw)
         except ValueError as error:
             raise FormatError(f"{path}: not valid JSON: {error}") from None
-        for number, task in enumerate(tasks, start=1):
-            yield f"{path.name}, task {number}", task
-        return
+    return [record for _, record in _json_lines(path.name, raw)]
+
+
+def _json_lines(name: str, raw: str) -> Iterator[tuple[str, Any]]:
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield f"{path.name}, line {number}", json.loads(line)
+            yield f"{name}, line {number}", json.loads(line)
         except ValueError as error:
-            raise FormatError(f"{path.name}, line {number}: not valid JSON: {error}") from None
+            raise FormatError(f"{name}, line {number}: not valid JSON: {error}") from None
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise FormatError(f"{where}: the task has no text (got {value!r})")
     return value
-
-
-def _offsets(start: Any, end: Any, label: Any, text: str, where: str) -> tuple[int, int, str]:
-    """A checked entity: whole-number offsets inside the text, start < end, a label."""
-    numbers = isinstance(start, int) and isinstance(end, int)
-    if not numbers or isinstance(start, bool) or isinstance(end, bool):
-        raise FormatError(f"{where}: entity offsets must be whole numbers, got {start!r}, {end!r}")
-    if not 0 <= start < end <= len(text):
-        raise FormatError(
-            f"{where}: entity {start}-{end} is not inside the text ({len(text)} characters)"
-        )
-    if not isinstance(label, str) or not label.strip():
-        raise FormatError(f"{where}: entity {start}-{end} has no label (got {label!r})")
-    return start, end, label
-
-
-def _review(meta: dict[str, Any], text: str, where: str) -> tuple[int, int]:
-    """The reviewed region from the task's fields (all the text when they are absent)."""
-    start, end = meta.get("review_start", 0), meta.get("review_end", len(text))
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(text)):
-        raise FormatError(f"{where}: review_start/review_end {start!r}/{end!r} do not fit the text")
-    return start, end
 
 
 def _prodigy_answer(record: dict[str, Any], where: str) -> Answer | Skipped:
@@ -241,35 +206,14 @@ def _prodigy_answer(record: dict[str, Any], where: str) -> Answer | Skipped:
     text = _text(record.get("text"), where)
     meta = record.get("meta") or {}
     entities = [
-        _offsets(span.get("start"), span.get("end"), span.get("label"), text, where)
+        offsets(span.get("start"), span.get("end"), span.get("label"), text, where)
         for span in record.get("spans") or []
     ]
-    return _answer(text, _review(meta, text, where), entities, where, meta)
-
-
-def _label_studio_answer(record: dict[str, Any], where: str) -> Answer | Skipped:
-    data = record.get("data")
-    if not isinstance(data, dict):
-        raise FormatError(f"{where}: a Label Studio task needs a 'data' object")
-    text = _text(data.get(LS_TO), where)
-    done = [a for a in record.get("annotations") or [] if not a.get("was_cancelled")]
-    if not done:
-        cancelled = bool(record.get("annotations"))
-        return Skipped(where, "cancelled" if cancelled else "not annotated")
-    latest = max(done, key=lambda a: (str(a.get("updated_at", "")), str(a.get("created_at", ""))))
-    entities = []
-    for item in latest.get("result") or []:
-        if item.get("type") != "labels":
-            continue
-        value = item.get("value") or {}
-        labels = value.get("labels") or [None]
-        if len(labels) != 1:
-            raise FormatError(f"{where}: a region with {len(labels)} labels; NER needs one")
-        entities.append(_offsets(value.get("start"), value.get("end"), labels[0], text, where))
-    return _answer(text, _review(data, text, where), entities, where, data)
+    return checked_answer(text, review_region(meta, text, where), entities, where, meta)
 
 
 def _doccano_answer(record: dict[str, Any], where: str) -> Answer:
+    """An example of doccano's export of approved documents."""
     text = _text(record.get("text", record.get("data")), where)
     spans = record.get("label", record.get("labels", record.get("entities")))
     if spans is None:
@@ -278,40 +222,41 @@ def _doccano_answer(record: dict[str, Any], where: str) -> Answer:
     for span in spans:
         if isinstance(span, dict):
             start, end = span.get("start_offset"), span.get("end_offset")
-            entities.append(_offsets(start, end, span.get("label"), text, where))
+            entities.append(offsets(start, end, span.get("label"), text, where))
         elif isinstance(span, list) and len(span) == 3:
-            entities.append(_offsets(*span, text, where))
+            entities.append(offsets(*span, text, where))
         else:
             raise FormatError(f"{where}: a label must be [start, end, LABEL], got {span!r}")
-    return _answer(text, _review(record, text, where), entities, where, record)
+    return checked_answer(text, review_region(record, text, where), entities, where, record)
 
 
 def _jsonl_answer(record: dict[str, Any], where: str) -> Answer | Skipped:
-    answer = record.get("answer", "accept")
+    answer = record.get("answer")
     if answer in ("reject", "ignore"):
         return Skipped(where, answer)
+    if answer is None:
+        return Skipped(where, "not answered")
+    if answer != "accept":
+        raise FormatError(f"{where}: 'answer' must be accept, reject or ignore, got {answer!r}")
     text = _text(record.get("text"), where)
     entities = [
-        _offsets(e.get("start"), e.get("end"), e.get("label"), text, where)
+        offsets(e.get("start"), e.get("end"), e.get("label"), text, where)
         for e in record.get("entities") or []
     ]
-    return _answer(text, _review(record, text, where), entities, where, record)
+    return checked_answer(text, review_region(record, text, where), entities, where, record)
 
 
-def _answer(
-    text: str,
-    review: tuple[int, int],
-    entities: list[tuple[int, int, str]],
-    where: str,
-    meta: dict[str, Any],
-) -> Answer:
-    """An answer whose entities do not overlap one another."""
-    ordered = sorted(entities)
-    for (_, end, _), (start, _, _) in zip(ordered, ordered[1:]):
-        if start < end:
-            raise FormatError(f"{where}: entities overlap at characters {start}-{end}")
-    offset = meta.get("offset", 0)
-    return Answer(text, review, ordered, where, meta.get("source"), offset)
+def sent_labels(path: Path) -> Sent:
+    """The labels each doccano task had when `select` wrote it, by task id."""
+    sent: Sent = {}
+    for where, record in _json_lines(path.name, path.read_text(encoding="utf-8-sig")):
+        if not isinstance(record, dict) or record.get("task_id") is None:
+            raise FormatError(f"{where}: not a doccano task written by select (no task_id)")
+        spans = record.get("label") or []
+        sent[str(record["task_id"])] = sorted(
+            offsets(*span, record.get("text", ""), where) for span in spans
+        )
+    return sent
 
 
 def read_task_ids(path: Path) -> list[str]:
@@ -348,10 +293,12 @@ def read_task_ids(path: Path) -> list[str]:
     return ids
 
 
-def write_tasks(tasks: Iterable[Task], path: Path, fmt: str) -> int:
+def write_tasks(
+    tasks: Iterable[Task], path: Path, fmt: str, config: LabelConfig | None = None
+) -> int:
     """Write the tasks for the tool `fmt`: JSON lines, or (Label Studio) one JSON list, which
-    its importer reads. Returns how many were written."""
-    records = [to_record(task, fmt) for task in tasks]
+    its importer reads, named as `config` says. Returns how many were written."""
+    records = [to_record(task, fmt, config) for task in tasks]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as file_:
         if fmt == "label-studio":

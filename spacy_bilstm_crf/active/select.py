@@ -24,6 +24,7 @@ from spacy.pipeline import Sentencizer
 from spacy.tokens import Doc, Span
 from spacy.util import minibatch
 
+from ..calibration import bilstm_crf_component
 from ..pipeline.spans import sentence_bounds
 from .tasks import Task, doc_tokens, span_entities
 from .uncertainty import STRATEGIES, UNITS, Unit, choose, piece_units, same_text, span_units
@@ -44,8 +45,11 @@ class Selection:
 
     def __str__(self) -> str:
         reviewed = sum(task.review_tokens for task in self.tasks)
+        shown = sum(len(task.tokens) for task in self.tasks)
+        sentences = sum(task.sentences for task in self.tasks)
         return (
-            f"{len(self.tasks):,} tasks ({reviewed:,} tokens to review) chosen from "
+            f"{len(self.tasks):,} tasks ({reviewed:,} tokens to review; they show {shown:,} "
+            f"tokens in {sentences:,} sentences) chosen from "
             f"{self.candidates:,} candidates in {self.rows:,} rows ({self.tokens:,} tokens; "
             f"{self.bad_rows:,} rows without a usable text, {self.excluded:,} units excluded, "
             f"{self.duplicates:,} repeats of a text passed over) in {self.seconds:.1f} s"
@@ -65,7 +69,7 @@ def select(
     nlp: Language,
     rows: Iterable[Any],
     *,
-    component: str = "ner",
+    component: str | None = None,
     unit: str = "sentence",
     strategy: str = "mnlp",
     n: int | None = None,
@@ -84,7 +88,7 @@ def select(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     begin = time.perf_counter()
-    pipe = nlp.get_pipe(component)
+    pipe = bilstm_crf_component(nlp, component)
     excluded: dict[str, list[tuple[int, int]]] = {}
     for task_id in exclude:
         source, start, end = parse_task_id(task_id)
@@ -296,7 +300,16 @@ def _task(
         source=source,
         offset=offset,
         meta={"unit": unit, "strategy": strategy},
+        sentences=_sentences(doc) if unit == "doc" else 1,
     )
+
+
+def _sentences(doc: Doc) -> int:
+    """How many sentences a person reads in the doc (by spaCy's rule-based sentencizer when
+    the doc has no sentence starts)."""
+    if not doc.has_annotation("SENT_START"):
+        doc = Sentencizer()(doc.copy())
+    return len(sentence_bounds(doc))
 
 
 def _overlaps(regions: Iterable[tuple[int, int]], chars: tuple[int, int]) -> bool:

@@ -33,7 +33,7 @@ class Task:
     `score`: how informative the strategy finds it (higher first). `confidence`: the model's
     certainty in the same order reversed, in [0, 1] (lower first is the same order), for tools
     that sort by a confidence. `source`: the input row's id; `offset`: where `text` starts in
-    that row's text.
+    that row's text. `sentences`: how many sentences the text shows (a person reads them all).
     """
 
     id: str
@@ -46,6 +46,7 @@ class Task:
     source: Any
     offset: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    sentences: int = 1
 
     @property
     def review_tokens(self) -> int:

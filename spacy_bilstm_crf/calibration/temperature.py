@@ -56,10 +56,18 @@ class ThresholdScores(NamedTuple):
     entities: int
 
 
-def bilstm_crf_component(nlp: Language, component: str) -> BiLSTMCRFTagger:
-    """The enabled `bilstm_crf` component `component` of `nlp`, or an error that names the
-    ones there are."""
+def bilstm_crf_component(nlp: Language, component: str | None = None) -> BiLSTMCRFTagger:
+    """The enabled `bilstm_crf` component named `component`, or, when it is None, the
+    pipeline's only one whatever its name; an error names the ones there are."""
     ours = [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory == "bilstm_crf"]
+    if component is None:
+        if len(ours) != 1:
+            raise CalibrationError(
+                f"The pipeline has {len(ours) or 'no'} bilstm_crf components"
+                + (f" ({ours}): choose one with --component." if ours else ".")
+                + (f" Its components: {nlp.pipe_names}." if not ours else "")
+            )
+        component = ours[0]
     if component not in nlp.component_names:
         raise CalibrationError(
             f"The pipeline has no component {component!r}; its bilstm_crf components: "
@@ -98,7 +106,9 @@ def read_examples(nlp: Language, path: str | Path) -> list[Example]:
     return examples
 
 
-def entity_outcomes(nlp: Language, examples: Iterable[Example], component: str = "ner") -> Outcomes:
+def entity_outcomes(
+    nlp: Language, examples: Iterable[Example], component: str | None = None
+) -> Outcomes:
     """Probability, correctness and label of every entity in the component's confidence
     group, running `nlp` on the examples' texts with `confidence` on for the call. The group
     includes entities that an earlier component's entities kept out of `doc.ents`."""
@@ -109,7 +119,7 @@ def entity_outcomes(nlp: Language, examples: Iterable[Example], component: str =
 def fit_temperature(
     nlp: Language,
     examples: Iterable[Example],
-    component: str = "ner",
+    component: str | None = None,
     *,
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     by_seen: bool = True,
@@ -144,7 +154,7 @@ def fit_temperature(
                 runs[log_t] = _outcomes(nlp, examples, docs, component)
             if not len(runs[log_t].probs):
                 raise CalibrationError(
-                    f"The component {component!r} predicts no entities on these examples: "
+                    f"The component {pipe.name!r} predicts no entities on these examples: "
                     "there is nothing to fit the temperature to."
                 )
         return runs[log_t]
@@ -192,7 +202,10 @@ def _golden_section(loss: Callable[[float], float], low: float, high: float) -> 
 
 
 def precision_recall_at(
-    nlp: Language, examples: Iterable[Example], thresholds: Sequence[float], component: str = "ner"
+    nlp: Language,
+    examples: Iterable[Example],
+    thresholds: Sequence[float],
+    component: str | None = None,
 ) -> list[ThresholdScores]:
     """For each threshold, spaCy's corpus precision, recall and F1 of the component's entities
     whose probability reaches it: what the component's `threshold` setting gives when it is
@@ -227,7 +240,7 @@ def oracle_f1(
     nlp: Language,
     examples: Iterable[Example],
     ks: Sequence[int],
-    component: str = "ner",
+    component: str | None = None,
     unit: str = "doc",
 ) -> dict[int, PRFScore]:
     """For each k, corpus counts and F1 when each SENTENCE takes the best of the component's
@@ -281,7 +294,9 @@ def oracle_f1(
     return scores
 
 
-def _outcomes(nlp: Language, examples: list[Example], docs: list[Doc], component: str) -> Outcomes:
+def _outcomes(
+    nlp: Language, examples: list[Example], docs: list[Doc], component: str | None
+) -> Outcomes:
     """`entity_outcomes` on docs already tokenized from the examples' texts."""
     pipe = bilstm_crf_component(nlp, component)
     with _settings(pipe, confidence=True, nbest=0):

@@ -41,7 +41,9 @@ def add(commands: argparse._SubParsersAction) -> None:
         help="the folder to write the calibrated pipeline to: new, empty, or a pipeline "
         "folder to replace",
     )
-    parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
+    parser.add_argument(
+        "--component", help="the bilstm_crf component, when the pipeline has several"
+    )
     parser.add_argument(
         "--train",
         help="its training data, a .spacy file: for a pipeline saved before components kept "
@@ -60,17 +62,17 @@ def run(args: argparse.Namespace) -> None:
     examples = read_examples(nlp, args.dev)
     if args.train is not None:
         pipe.cfg["known_entities"] = training_keys(read_examples(nlp, args.train))
-    before = entity_outcomes(nlp, examples, args.component)
+    before = entity_outcomes(nlp, examples, pipe.name)
     if not len(before.probs):
         raise CalibrationError(
-            f"The component {args.component!r} predicts no entities on {args.dev!r}: "
+            f"The component {pipe.name!r} predicts no entities on {args.dev!r}: "
             "there is nothing to calibrate."
         )
     _warn(data_warnings(pipe, examples, before, args.dev))
     old = pipe.cfg["temperature"]
-    temperature = fit_temperature(nlp, examples, args.component)
+    temperature = fit_temperature(nlp, examples, pipe.name)
     _warn(bound_warnings(pipe))
-    after = entity_outcomes(nlp, examples, args.component)
+    after = entity_outcomes(nlp, examples, pipe.name)
     ece_before = expected_calibration_error(before.probs, before.correct)
     ece_after = expected_calibration_error(after.probs, after.correct)
     print(f"entities predicted on dev: {len(before.probs):,} ({before.correct.mean():.1%} right)")

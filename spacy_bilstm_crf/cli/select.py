@@ -5,12 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..active.formats import FORMATS, LS_FROM, label_studio_config, read_task_ids, write_tasks
-from ..active.select import select
+from ..active.formats import FORMATS, read_task_ids, write_tasks
+from ..active.label_config import LabelConfig, default_config, read_label_config
+from ..active.select import Selection, select
 from ..active.uncertainty import STRATEGIES, UNITS
 from ..annotate.records import load_pipeline
 from ..annotate.rows import AnnotateError, check_input, read_rows
 from ..calibration import bilstm_crf_component
+from .files import config_file, replace_atomically, suffix, tasks_file
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -26,7 +28,11 @@ def add(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="a pipeline folder or an installed pipeline package")
     parser.add_argument("input", help="unlabelled texts: .jsonl/.json (JSON lines) or .parquet")
-    parser.add_argument("output", help="the tasks file to write")
+    parser.add_argument(
+        "output",
+        help="the tasks file to write, or a round's folder: tasks.json (Label Studio) or "
+        "tasks.jsonl in it",
+    )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--n", type=int, help="how many tasks")
     budget.add_argument("--tokens", type=int, help="or: how many tokens to review in all")
@@ -56,7 +62,15 @@ def add(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="for the random strategy")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--id-column", help="default: id, or row numbers")
-    parser.add_argument("--component", default="ner", help="the bilstm_crf component (ner)")
+    parser.add_argument(
+        "--label-config",
+        default="",
+        help="Label Studio: the project's labeling config (XML); the tasks take its tag "
+        "names, text field and labels (default: write one beside the tasks)",
+    )
+    parser.add_argument(
+        "--component", help="the bilstm_crf component, when the pipeline has several"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.set_defaults(run=run)
 
@@ -67,12 +81,15 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise AnnotateError(f"--{name.replace('_', '-')} must be 1 or more, got {value}.")
     output = Path(args.output)
-    wanted = ".json" if args.task_format == "label-studio" else ".jsonl"
+    if output.is_dir() or not output.suffix:
+        output = tasks_file(output, args.task_format)
+    wanted = suffix(args.task_format)
     if output.suffix != wanted:
         what = "one JSON list" if wanted == ".json" else "JSON lines"
         raise AnnotateError(
             f"{args.task_format} tasks are {what}: name the output file {output.stem}{wanted}."
         )
+    config = read_label_config(args.label_config) if args.label_config else None
     source = Path(args.input)
     kind = check_input(source, args.text_column, args.id_column)
     sent = _task_files(args.exclude, output)
@@ -83,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     selection = select(
         nlp,
         rows,
-        component=args.component,
+        component=pipe.name,
         unit=args.unit,
         strategy=args.strategy,
         n=args.n,
@@ -93,16 +110,50 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         keep_duplicates=args.keep_duplicates,
     )
-    written = write_tasks(selection.tasks, output, args.task_format)
+    if args.task_format == "label-studio":
+        config = _label_studio_config(config, pipe.labels, selection, output, args.unit)
+    with replace_atomically(output) as path:
+        written = write_tasks(selection.tasks, path, args.task_format, config)
     print(selection)
     print(f"wrote {written:,} {args.task_format} tasks to {output}")
-    if args.task_format == "label-studio":
-        config = output.with_name(output.stem + ".label_config.xml")
-        config.write_text(label_studio_config(pipe.labels), encoding="utf-8")
-        print(f"wrote the labeling config ({LS_FROM!r} regions on 'text') to {config}")
     if not written:
         print("warning: nothing to select (no usable texts, or all excluded)", file=sys.stderr)
     return 0
+
+
+def _label_studio_config(
+    config: LabelConfig | None,
+    model_labels: tuple[str, ...],
+    selection: Selection,
+    output: Path,
+    unit: str,
+) -> LabelConfig:
+    """The user's config, its differences from the model's labels said once; or, without
+    one, a config for the tasks written beside them."""
+    if config is None:
+        path = config_file(output)
+        path.write_text(default_config(model_labels, unit == "span"), encoding="utf-8")
+        print(f"wrote the labeling config for the Label Studio project to {path}")
+        return LabelConfig(labels=tuple(model_labels))
+    lacks, unknown = config.differences(model_labels)
+    if lacks:
+        left_out = sum(e.label in lacks for task in selection.tasks for e in task.entities)
+        print(
+            f"warning: the labeling config lacks the model's labels {lacks}: "
+            f"{left_out:,} predicted regions with them are left out of the tasks",
+            file=sys.stderr,
+        )
+    if unknown:
+        print(
+            f"warning: the model does not know the config's labels {unknown}: it predicts "
+            "none of them until it is trained on answers that have them",
+            file=sys.stderr,
+        )
+    print(
+        f"tasks named for the labeling config: regions {config.from_name!r} on "
+        f"{config.to_name!r}, text in the field {config.text_field!r}"
+    )
+    return config
 
 
 def _task_files(paths: list[Path], output: Path) -> list[Path]:
