@@ -1,7 +1,9 @@
 """spacy-bilstm-crf: a BiLSTM-CRF named-entity tagger for spaCy pipelines.
 
-Importing registers the `bilstm_crf` factory and the architectures; spaCy also finds them
-through entry points, so `nlp.add_pipe("bilstm_crf")` needs no import.
+spaCy finds the `bilstm_crf` factory and the architectures through entry points, so
+`nlp.add_pipe("bilstm_crf")` needs no import. The names below are imported on first use:
+importing the package (as `python -m spacy_bilstm_crf` does before anything else) loads
+neither torch nor spaCy, so a Ctrl-C while a command starts is the command's to handle.
 
 How data flows, and where:
 
@@ -19,31 +21,37 @@ How data flows, and where:
 - `cli/`: `python -m spacy_bilstm_crf COMMAND` (convert, annotate, calibrate, select, ingest).
 """
 
-from .ml import (
-    build_bilstm_crf,
-    build_concat_features,
-    build_projected_embed,
-    build_word_char_embed,
-    build_word_char_embed_v2,
-)
-from .nn import CRF, BiLSTMTagger
-from .pipeline import BiLSTMCRFTagger, make_bilstm_crf
-from .tags import Constraints, allowed_transitions, tag_names
-from .train import make_check_vectors, make_require
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "build_bilstm_crf": ".ml",
+    "build_concat_features": ".ml",
+    "build_projected_embed": ".ml",
+    "build_word_char_embed": ".ml",
+    "build_word_char_embed_v2": ".ml",
+    "CRF": ".nn",
+    "BiLSTMTagger": ".nn",
+    "BiLSTMCRFTagger": ".pipeline",
+    "make_bilstm_crf": ".pipeline",
+    "Constraints": ".tags",
+    "allowed_transitions": ".tags",
+    "tag_names": ".tags",
+    "make_check_vectors": ".train",
+    "make_require": ".train",
+}
 
-__all__ = [
-    "CRF",
-    "BiLSTMCRFTagger",
-    "BiLSTMTagger",
-    "Constraints",
-    "allowed_transitions",
-    "build_bilstm_crf",
-    "build_concat_features",
-    "build_projected_embed",
-    "build_word_char_embed",
-    "build_word_char_embed_v2",
-    "make_check_vectors",
-    "make_require",
-    "make_bilstm_crf",
-    "tag_names",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
