@@ -101,7 +101,9 @@ def read_examples(nlp: Language, path: str | Path) -> list[Example]:
 def entity_outcomes(nlp: Language, examples: Iterable[Example], component: str = "ner") -> Outcomes:
     """Probability, correctness and label of every entity in the component's confidence
     group, running `nlp` on the examples' texts with `confidence` on for the call. The group
-    includes entities that an earlier component's entities kept out of `doc.ents`."""
+    includes entities that an earlier component's entities kept out of `doc.ents`: the
+    component keeps and drops (`presets` "keep") for the call, so that temperatures are
+    fitted on the tagger's own probabilities, not on ones conditional on presets."""
     examples = list(examples)
     return _outcomes(nlp, examples, _tokenize(nlp, examples), component)
 
@@ -284,7 +286,7 @@ def oracle_f1(
 def _outcomes(nlp: Language, examples: list[Example], docs: list[Doc], component: str) -> Outcomes:
     """`entity_outcomes` on docs already tokenized from the examples' texts."""
     pipe = bilstm_crf_component(nlp, component)
-    with _settings(pipe, confidence=True, nbest=0):
+    with _settings(pipe, confidence=True, nbest=0, presets="keep"):
         predicted = _predict(nlp, examples, docs)
     key = pipe.cfg["spans_key"]
     probs, correct, labels, texts = [], [], [], []
