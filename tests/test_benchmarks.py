@@ -257,7 +257,7 @@ def test_seen_unseen_split_counts_exactly() -> None:
 def test_speed_command_compares_the_three_systems_and_times_training(
     bench: Path, seed_runs: Path
 ) -> None:
-    """The `speed` command: the seeds' bilstm_crf, efficiency recipe and ner.cfg side by side
+    """The `speed` command: the seeds' four systems side by side
     with 1 and 2 threads (peak memory, the CPU's vector instructions), then training steps/s."""
     args = ["--vars.dataset", "wnut17_sample", "--vars.vectors", "tiny"]
     result = run("-m", "spacy", "project", "run", "speed", bench, *args, cwd=bench, timeout=600)
@@ -268,6 +268,7 @@ def test_speed_command_compares_the_three_systems_and_times_training(
         "| `bilstm_crf`",
         "| `spacy_efficiency`",
         "| `ner`",
+        "| `spacy_accuracy`",
     ]
     assert "| 1 thread(s) | 2 thread(s) | peak RSS |" in table and "(1.00x)" in rows[0]
     assert torch.backends.cpu.get_cpu_capability() in table
