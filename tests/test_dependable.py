@@ -1,7 +1,10 @@
 """Dependable in real use: settings at load time, untrusted pipelines, threads, long input,
 short runs and the CRF's public API on infeasible gold."""
 
+import contextlib
 import io
+import itertools
+import math
 import os
 import pickle
 import re
@@ -9,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import spacy
 import srsly
@@ -206,6 +210,28 @@ def test_long_input_keeps_memory_bounded(saved: Path) -> None:
     assert max(rss[1:]) - rss[1] < 100, rss
 
 
+def test_a_doc_over_512_tokens_is_cut_at_its_sentence_starts(saved: Path) -> None:
+    """601 tokens: a one-token sentence, then 100 of six. The component's model packs whole
+    sentences up to 512 tokens into one segment: its emissions are those of the first 511 tokens
+    and of the other 90 as docs of their own; without sentence starts it cuts after token 512, which
+    would split the "Shaka Khan" at 511-512."""
+    nlp = spacy.load(saved)
+    model = nlp.get_pipe("ner").model
+    assert model.attrs["max_length"] == 512
+    words = ["."] + ["Shaka", "Khan", "lives", "in", "Berlin", "."] * 100
+    starts = [True] + [True, False, False, False, False, False] * 100
+    with_sentences = Doc(nlp.vocab, words=words, sent_starts=starts)
+    without = Doc(nlp.vocab, words=words)
+    for doc, cut in [(with_sentences, 511), (without, 512)]:
+        pieces = [Doc(nlp.vocab, words=words[:cut]), Doc(nlp.vocab, words=words[cut:])]
+        segments = model.predict([doc])  # the emissions of each segment the model cut
+        assert [len(segment) for segment in segments] == [cut, len(words) - cut]
+        expected = numpy.concatenate(model.predict(pieces))
+        assert numpy.allclose(numpy.concatenate(segments), expected, atol=1e-5), cut
+    tagged = nlp(with_sentences)
+    assert (511, 513, "PERSON") in [(e.start, e.end, e.label_) for e in tagged.ents]
+
+
 def test_short_runs_warm_up_quickly() -> None:
     """With `--training.max_steps 40` the learning rate is near its peak within the run."""
     config = load_config(REPO / "configs" / "bilstm_crf.cfg", overrides={"training.max_steps": 40})
@@ -215,17 +241,58 @@ def test_short_runs_warm_up_quickly() -> None:
     assert rates[0] == 0.0 and rates[30] > 0.9 * peak
 
 
-def test_readme_crf_example_uses_valid_tags_and_prints_finite_numbers() -> None:
+def logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def bio_paths(tags: list[str], length: int) -> list[tuple[int, ...]]:
+    """Every tag path of `length` that BIO allows: `I-X` only after `B-X` or `I-X`."""
+    paths = []
+    for path in itertools.product(range(len(tags)), repeat=length):
+        names = ["O", *(tags[i] for i in path)]
+        if all(not b.startswith("I-") or a in (f"B-{b[2:]}", b) for a, b in zip(names, names[1:])):
+            paths.append(path)
+    return paths
+
+
+def test_readme_crf_example_prints_what_brute_force_gives() -> None:
+    """The README's CRF example, run as shown: its tag names are the ones its comment lists, and
+    the NLL (with an unknown tag), the 3 best paths, their scores and probabilities equal
+    those found by enumerating every BIO path of each sequence."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     example = re.search(r"```python\n(from spacy_bilstm_crf import CRF.*?)```", readme, re.S)
     assert example, "README has no standalone CRF example"
-    result = subprocess.run(
-        [sys.executable, "-c", example.group(1)], capture_output=True, text=True, cwd=REPO
-    )
-    assert result.returncode == 0, result.stderr
-    numbers = [float(n) for n in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", result.stdout)]
-    assert numbers and all(abs(n) < 1e6 for n in numbers)
-    assert "inf" not in result.stdout and "nan" not in result.stdout
+    torch.manual_seed(0)
+    namespace: dict = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(example.group(1), namespace)
+    crf, emissions, mask, gold = (namespace[k] for k in ("crf", "emissions", "mask", "gold"))
+    tags = namespace["tags"]
+    listed = re.search(r"tag_names\(.*\)\s*#\s*(.*)", example.group(1)).group(1).split(", ")
+    assert tags == listed
+    trans = crf.transitions.detach().double()
+    start, end = crf.start_transitions.detach().double(), crf.end_transitions.detach().double()
+    nll, best, best_scores, probs = [], [], [], []
+    for row, length in enumerate(mask.sum(1).tolist()):
+        e = emissions[row].detach().double()
+        scored = []
+        for path in bio_paths(tags, length):
+            score = start[path[0]] + end[path[-1]] + sum(e[t, i] for t, i in enumerate(path))
+            scored.append((float(score + sum(trans[a, b] for a, b in zip(path, path[1:]))), path))
+        scored.sort(reverse=True)
+        log_z = logsumexp([s for s, _ in scored])
+        known = [(t, int(g)) for t, g in enumerate(gold[row][:length]) if g >= 0]
+        nll.append(log_z - logsumexp([s for s, p in scored if all(p[t] == g for t, g in known)]))
+        best.append([list(p) + [-1] * (mask.shape[1] - length) for _, p in scored[:3]])
+        best_scores += [s for s, _ in scored[:3]]
+        probs += [math.exp(s - log_z) for s, _ in scored[:3]]
+    assert namespace["paths"].tolist() == best
+    assert namespace["scores"].flatten().tolist() == pytest.approx(best_scores, abs=1e-5)
+    shown = [float(n) for n in re.findall(r"-?\d+\.\d+(?:e[-+]?\d+)?", printed.getvalue())]
+    assert shown[:2] == pytest.approx(nll, abs=1e-4)  # print shows 4 decimals
+    assert shown[2:] == pytest.approx(probs, abs=1e-4)
 
 
 def test_infeasible_gold_names_row_and_position() -> None:

@@ -348,11 +348,6 @@ def test_entry_point_keys_equal_registered_names() -> None:
                 assert table.get(ep.name) is loaded
 
 
-def test_model_follows_thinc_device(trained: Language) -> None:
-    module = bilstm_crf_model.torch_module(trained.get_pipe("bilstm_crf").model)
-    assert {p.device.type for p in module.parameters()} == {"cpu"}
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
 def test_trains_and_predicts_on_gpu() -> None:
     spacy.require_gpu()

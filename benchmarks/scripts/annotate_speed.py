@@ -15,13 +15,14 @@ RAY_ADDRESS). For each it prints the start-up time and the steady-state rate apa
   flatters runs of only a few blocks per actor: judge Ray on the full 100,000 texts.
 
 The texts come from `--data` (a `.spacy` file, a CoNLL-style file, JSONL with a `text` field, or
-plain text, one text a line), repeated to reach `--texts` (default 100,000); without `--data`,
-generated sentences. Without `--model`, a tiny pipeline is trained in a temporary folder (its
-rates say little about a real model). The target on 2 cores: 2 workers (or actors) reach 1.8x
-the steady rate of one. Timings mean little while other processes keep the cores busy.
+plain text, one text a line; with `--sentences`, each sentence of a `.spacy` file's docs),
+repeated to reach `--texts` (default 100,000); without `--data`, generated sentences. Without
+`--model`, a tiny pipeline is trained in a temporary folder (its rates say little about a real
+model). The target on 2 cores: 2 workers (or actors) reach 1.8x the steady rate of one.
+Timings mean little while other processes keep the cores busy.
 
-Usage: python benchmarks/annotate_speed.py [--model PATH] [--data PATH] [--texts N]
-    [--batch-size N] [--shard-size N] [--threads N] [--engines local,ray]
+Usage: python benchmarks/scripts/annotate_speed.py [--model PATH] [--data PATH] [--sentences]
+    [--texts N] [--batch-size N] [--shard-size N] [--threads N] [--engines local,ray]
 """
 
 import argparse
@@ -73,10 +74,16 @@ class Result:
     cores: dict[str, float] | None = None
 
 
-def load_texts(path: Path) -> list[str]:
-    """The texts of a `.spacy`, CoNLL-style, JSONL or plain-text file."""
+def load_texts(path: Path, sentences: bool = False) -> list[str]:
+    """The texts of a `.spacy`, CoNLL-style, JSONL or plain-text file; with `sentences`, each
+    sentence of a `.spacy` file's docs is a text."""
+    if sentences and path.suffix != ".spacy":
+        raise ValueError(f"--sentences needs a .spacy file, got {path}")
     if path.suffix == ".spacy":
-        return [doc.text for doc in DocBin().from_disk(path).get_docs(spacy.blank("xx").vocab)]
+        docs = DocBin().from_disk(path).get_docs(spacy.blank("xx").vocab)
+        if sentences:
+            return [sent.text.strip() for doc in docs for sent in doc.sents]
+        return [doc.text for doc in docs]
     if path.suffix in (".jsonl", ".json"):
         return [record["text"] for record in srsly.read_jsonl(path)]
     if path.suffix in (".conll", ".iob", ".conllu", ".tsv") or "conll" in path.name.lower():
@@ -245,6 +252,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder or package (default: a tiny one)")
     parser.add_argument("--data", type=Path, help=".spacy, CoNLL, JSONL or text file of texts")
+    parser.add_argument(
+        "--sentences", action="store_true", help="each sentence of a .spacy file is a text"
+    )
     parser.add_argument("--texts", type=int, default=100_000, help="texts to annotate")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shard-size", type=int, help="rows per shard (default: texts / 20)")
@@ -268,7 +278,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = args.model or str(train_tiny_model(folder))
-        base = load_texts(args.data) if args.data else generated_texts(1_000)
+        base = load_texts(args.data, args.sentences) if args.data else generated_texts(1_000)
         texts = (base * (args.texts // len(base) + 1))[: args.texts]
         source = folder / "texts.jsonl"
         srsly.write_jsonl(source, ({"id": i, "text": t} for i, t in enumerate(texts)))
@@ -280,7 +290,7 @@ def main() -> None:
                 results.append(time_annotate(model, source, out, engine, workers, **common))
     caption = (
         f"{len(texts):,} texts ({results[0].words:,} words) from "
-        f"{args.data or 'generated sentences'}, "
+        f"{args.data or 'generated sentences'}{' (its sentences)' if args.sentences else ''}, "
         f"model {args.model or 'tiny (trained here)'}, batch {args.batch_size}, shards of "
         f"{shard_size:,} rows; {cpu_model()}, {os.cpu_count()} cores; torch threads "
         f"{args.threads} in this process, 1 per worker or actor; "

@@ -2,15 +2,16 @@
 
     python scripts/compare_seeds.py corpus/conll2003 metrics/conll2003/seeds.md \
         --system bilstm_crf=configs/bilstm_crf.cfg --system ner=configs/ner.cfg \
-        --seeds 0 1 2 --threads 2 --budget 1200
+        --seeds 0 1 2 --seeds-of ner=0 --threads 2 --budget 1200
 
 For each seed, every system trains in turn (so that slow phases of a shared machine hit all
-systems alike), with `--threads` CPU threads and at most `--budget` seconds: a run still going
-then is interrupted and keeps its best checkpoint. Each `model-best` is scored on dev and test,
-and `speed.py` measures `nlp.pipe` words per second and peak memory on the test texts in a
-process of its own; both are recorded in the run's folder, so that a rerun (with more seeds
-or systems) only trains and scores what is missing. The Markdown table has the mean and
-standard deviation over seeds.
+systems alike), one run at a time, with `--threads` CPU threads and at most `--budget`
+seconds: a run still going then is interrupted and keeps its best checkpoint. Each
+`model-best` is scored on dev and test, and `speed.py` measures `nlp.pipe` words per second
+and peak memory on the test texts in a process of its own; both are recorded in the run's
+folder, so that a rerun (with more seeds or systems) only trains and scores what is missing.
+`--seeds-of NAME=0,1` gives one system its own seeds (the benchmarks train spaCy's recipes
+with one). The Markdown table has the mean and standard deviation over each system's seeds.
 """
 
 import argparse
@@ -45,6 +46,18 @@ def setting_arg(value: str) -> tuple[str, str, str]:
     if not sep or not eq or not name or not key:
         raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE, got {value!r}")
     return name, key, setting_value
+
+
+def seeds_arg(value: str) -> tuple[str, list[int]]:
+    """`NAME=0,1,2` -> (NAME, [0, 1, 2]): the seeds of one system."""
+    name, sep, seeds = value.partition("=")
+    try:
+        numbers = [int(seed) for seed in seeds.split(",")]
+    except ValueError:
+        numbers = []
+    if not sep or not name or not numbers:
+        raise argparse.ArgumentTypeError(f"expected NAME=SEED[,SEED...], got {value!r}")
+    return name, numbers
 
 
 def measure_speed(model: Path, data: Path, threads: int, output: Path) -> dict:
@@ -86,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="config override for one system, e.g. bilstm_crf:paths.vectors=corpus/x/vectors",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds-of",
+        type=seeds_arg,
+        action="append",
+        default=[],
+        metavar="NAME=SEED[,SEED...]",
+        help="seeds of one system instead of --seeds, e.g. spacy_accuracy=0",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, required=True, help="training seconds per run")
     parser.add_argument("--steps", type=int, default=None, help="max_steps for every system")
@@ -98,10 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in overrides:
             parser.error(f"--set names {name!r}, which is not a --system ({', '.join(names)})")
         overrides[name][key] = value
+    seeds = {name: args.seeds for name in names}
+    for name, own in args.seeds_of:
+        if name not in seeds:
+            parser.error(f"--seeds-of names {name!r}, which is not a --system ({', '.join(names)})")
+        seeds[name] = own
     torch.set_num_threads(args.threads)
     results: dict[str, list[dict]] = {name: [] for name in names}
-    for seed in args.seeds:
+    for seed in sorted({seed for own in seeds.values() for seed in own}):
         for name, config in args.system:
+            if seed not in seeds[name]:
+                continue
             folder = args.training_dir / name / str(seed)
             seconds, stopped = train(
                 config,
@@ -154,15 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     date = datetime.now(timezone.utc).date().isoformat()
+    seeds_note = "".join(f" ({name}: {own})" for name, own in seeds.items() if own != args.seeds)
     header = ["system", "config, vectors", "dev F1", "test F1"]
     header += [f"test {label}" for label in labels]
     header += ["words/s", "peak RSS", "training"]
     lines = [
         f"## {args.title or args.corpus.name}",
         "",
-        f"`{args.corpus}`, seeds {args.seeds}, budget {args.budget / 60:g} min per run, "
-        f"{args.threads} thread(s), {cpu_model()} ({platform.machine()}), {date}. "
-        "Mean ± standard deviation over seeds; words/s is `nlp.pipe` over the test texts.",
+        f"`{args.corpus}`, seeds {args.seeds}{seeds_note}, budget {args.budget / 60:g} min "
+        f"per run, {args.threads} thread(s), {cpu_model()} ({platform.machine()}), {date}; "
+        "one run at a time. Mean ± standard deviation over seeds; words/s is `nlp.pipe` over "
+        "the test texts, measured after each run.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),

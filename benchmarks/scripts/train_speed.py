@@ -6,8 +6,10 @@
 The pipeline is initialized from TRAIN (and the vectors), then `nlp.update` runs on the same
 `--steps` batches of TRAIN, made as the config's batcher makes them (about 1,000 words of
 whole documents), after 5 warm-up steps; the median of `--rounds` passes is printed per
-thread count. To compare with an earlier version of the package, run this script with
-`PYTHONPATH=<a checkout of that version>` and its config.
+thread count, next to the rate at which the pipeline predicts the same batches (a baseline
+measured in the same process: a training step predicts its batch and more). To compare with
+an earlier version of the package, run this script with `PYTHONPATH=<a checkout of that
+version>` and its config.
 """
 
 import argparse
@@ -67,13 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pipe.cfg["threads"] = threads
         for batch in batches[:5]:
             nlp.update(batch, sgd=optimizer, drop=training["dropout"])
-        rates = []
+        rates, predicting = [], []
         for _ in range(args.rounds):
             start = time.perf_counter()
             for batch in batches[5:]:
                 nlp.update(batch, sgd=optimizer, drop=training["dropout"])
             rates.append(args.steps / (time.perf_counter() - start))
-        lines.append(f"- {threads} thread(s): {statistics.median(rates):.2f} steps/s")
+            start = time.perf_counter()
+            for batch in batches[5:]:
+                list(nlp.pipe(eg.reference.text for eg in batch))
+            predicting.append(args.steps / (time.perf_counter() - start))
+        lines.append(
+            f"- {threads} thread(s): {statistics.median(rates):.2f} steps/s "
+            f"(predicting the same batches: {statistics.median(predicting):.2f} batches/s)"
+        )
     print("\n".join(lines))
     return 0
 
