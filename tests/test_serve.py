@@ -16,7 +16,7 @@ from spacy_bilstm_crf.serve.server import Options, close_backend, open_backend
 
 pytest.importorskip("starlette")
 with warnings.catch_warnings():  # starlette 1.x would rather have httpx2; httpx works
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 from spacy_bilstm_crf.serve.app import create_app  # noqa: E402

@@ -9,10 +9,13 @@ confidence in [0, 1]): sorted lowest first, the least certain texts come first, 
 not penalized for being long.
 
 A Tagger is never changed once loaded: a new version is a new Tagger, so a prediction runs
-on one version from start to end while another is swapped in.
+on one version from start to end while another is swapped in. Its predictions run one at a
+time: thinc puts the torch module in eval mode for a prediction and back in training mode
+after it, so a second thread's prediction would run half of its way with dropout on.
 """
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,7 @@ class Tagger:
         self.path = Path(path)
         names = self.nlp.pipe_names
         self._before = [self.nlp.get_pipe(name) for name in names[: names.index(self.pipe.name)]]
+        self._lock = threading.Lock()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -63,13 +67,19 @@ class Tagger:
     def predict(self, texts: list[str]) -> list[Found]:
         """Each text's entities and score, in batches of the pipeline's batch size."""
         found: list[Found] = []
-        for start in range(0, len(texts), BATCH):
-            docs = self.docs(texts[start : start + BATCH])
-            predictions, analyses = self.pipe.analyze(docs, "doc", marginals=False, best=True)
-            self.pipe.set_annotations(docs, predictions)
-            for doc, analysis in zip(docs, analyses):
-                log_prob = analysis.pieces[0].analyses[0][1] if analysis.pieces else 0.0
-                found.append(Found(self._entities(doc), per_token(log_prob, len(doc))))
+        with self._lock:
+            for start in range(0, len(texts), BATCH):
+                found += self._batch(texts[start : start + BATCH])
+        return found
+
+    def _batch(self, texts: list[str]) -> list[Found]:
+        docs = self.docs(texts)
+        predictions, analyses = self.pipe.analyze(docs, "doc", marginals=False, best=True)
+        self.pipe.set_annotations(docs, predictions)
+        found = []
+        for doc, analysis in zip(docs, analyses):
+            log_prob = analysis.pieces[0].analyses[0][1] if analysis.pieces else 0.0
+            found.append(Found(self._entities(doc), per_token(log_prob, len(doc))))
         return found
 
     def _entities(self, doc: Doc) -> list[tuple[int, int, str, float]]:
