@@ -143,3 +143,28 @@ def test_label_studio_predicts_and_learns_through_the_backend(label_studio, back
     assert wait_for(lambda: health(url)["model_version"] == "bilstm_crf-v2", 300)
     info = json.loads((work / "versions" / "000002" / "version.json").read_text())
     assert info["journal_seq"] == 4 and info["answers"] == 4
+
+
+def test_a_persons_region_comes_back_with_the_text_redecoded_around_it(label_studio, backend):
+    """What the editor asks when a person draws a region with auto-annotation on."""
+    pytest.importorskip("spacy_bilstm_crf.pipeline.interactive")
+    url, _ = backend
+    project = label_studio.create_project("bilstm-crf interactive", CONFIG)
+    auth = {
+        "auth_method": "BASIC_AUTH",
+        "basic_auth_user": "ls",
+        "basic_auth_pass": "correct-horse-9",
+    }
+    connected = label_studio.connect_backend(project, url, interactive=True, **auth)
+    text = "Barack Obama went to Paris with John Smith ."
+    (task,) = label_studio.import_tasks(project, [{"sentence": text}])
+    drawn = {**region(text, 0, 12, "person"), "id": "drawn-1"}
+    answer = label_studio.interactive(connected["id"], task, {"result": [drawn]})
+    assert "errors" not in answer, answer
+    result = answer["data"]["result"]
+    assert drawn in result  # as the person drew it
+    assert answer["data"]["model_version"] == "bilstm_crf-v0"
+    for item in result:
+        value = item["value"]
+        assert text[value["start"] : value["end"]] == value["text"]
+        assert item == drawn or not (value["start"] < 12 and value["end"] > 0)

@@ -19,6 +19,7 @@ from .journal import Journal
 from .protocol import (
     ANSWER_ACTIONS,
     DELETE_ACTIONS,
+    Fixes,
     ProtocolError,
     answer_events,
     config_of,
@@ -109,8 +110,21 @@ class Backend:
             results.append(_prediction(regions, found.score, tagger.version))
         return {"results": results}
 
-    def _redecode(self, tagger: Tagger, config: LabelConfig, text: str, fixes: Any) -> dict:
-        raise ProtocolError("re-decoding around the annotator's regions is not available", 501)
+    def _redecode(self, tagger: Tagger, config: LabelConfig, text: str, fixes: Fixes) -> dict:
+        """The whole text re-decoded around the annotator's regions: theirs as they sent
+        them, every other region the model's under them, with its conditional probability."""
+        entities = [(region.start, region.end, region.label) for region in fixes.regions]
+        try:
+            found = tagger.redecode(text, entities, fixes.outside)
+        except ValueError as error:  # fixes that overlap, or that no analysis satisfies
+            raise ProtocolError(f"the annotator's regions cannot all hold: {error}") from None
+        person = {(r.start, r.end, r.label): r.raw for r in fixes.regions}
+        regions = [
+            person.get((start, end, label)) or region_record(config, text, start, end, label, prob)
+            for start, end, label, prob in found.entities
+            if label in config.labels or (start, end, label) in person
+        ]
+        return _prediction(regions, found.score, tagger.version)
 
     def webhook(self, body: Any) -> tuple[int, dict[str, Any]]:
         """`/webhook`: annotation events journaled (fsync'd) before the answer; training

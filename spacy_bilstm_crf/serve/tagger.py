@@ -82,6 +82,22 @@ class Tagger:
             found.append(Found(self._entities(doc), per_token(log_prob, len(doc))))
         return found
 
+    def redecode(
+        self, text: str, entities: list[tuple[int, int, str]], outside: list[tuple[int, int]]
+    ) -> Found:
+        """The best analysis of `text` under a person's fixes (their entities exactly, their
+        `outside` regions in no entity), by the CRF's constrained decoding (issue 37's
+        `decode_around`): the fixed entities with probability 1, the others with their
+        probabilities given the fixes; the score as `predict`'s, given the fixes. A
+        ValueError names fixes that overlap or that no analysis satisfies together."""
+        from ..pipeline.interactive import decode_around
+
+        with self._lock:
+            found = decode_around(self.nlp, text, entities=entities, outside=outside, k=1)
+        spans = [(e.start_char, e.end_char, e.label, e.probability) for e in found.entities]
+        log_prob = math.log(found.probability) if found.probability > 0 else -math.inf
+        return Found(spans, per_token(log_prob, len(found.doc)))
+
     def _entities(self, doc: Doc) -> list[tuple[int, int, str, float]]:
         """`doc.ents` with the tagger's probabilities; entities an earlier component set are
         fixed for the tagger: 1.0."""
@@ -103,4 +119,6 @@ class Tagger:
 
 def per_token(log_prob: float, tokens: int) -> float:
     """The probability of the best analysis per token, in [0, 1]; 1.0 for an empty text."""
-    return math.exp(min(0.0, log_prob) / tokens) if tokens else 1.0
+    if not tokens:
+        return 1.0
+    return math.exp(min(0.0, log_prob) / tokens) if math.isfinite(log_prob) else 0.0
