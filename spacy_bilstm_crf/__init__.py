@@ -11,9 +11,11 @@ How data flows, and where:
     scores -> CRF) -> ml/crf_ops.py (decode, probabilities) -> pipeline/ (tags -> doc.ents)
 
 - `tags.py`: tag schemes (BIO, BILUO), tag names and the CRF's allowed moves. No torch.
+- `tag_sets.py`: per-token tag sets from known spans, the constraints the CRF decodes under.
 - `nn/`: the PyTorch modules, BiLSTM and CRF with its algorithms; nothing of spaCy or thinc.
 - `ml/`: thinc architectures: token features and `BiLSTMCRF.v1`, and the CRF operations.
-- `pipeline/`: the `bilstm_crf` component; it never does CRF maths itself.
+- `pipeline/`: the `bilstm_crf` component, which decodes around entities set before it, and
+  `decode_around` (the best analyses under a person's fixes); it never does CRF maths itself.
 - `train/`: CoNLL reading, gold tags for training, config callbacks.
 - `calibration/`: calibration metrics and temperature fitting.
 - `annotate/`: the batch annotator, locally or on Ray.
@@ -30,8 +32,11 @@ _EXPORTS = {
     "build_word_char_embed_v2": ".ml",
     "CRF": ".nn",
     "BiLSTMTagger": ".nn",
+    "ConstraintError": ".nn",
     "BiLSTMCRFTagger": ".pipeline",
+    "decode_around": ".pipeline",
     "make_bilstm_crf": ".pipeline",
+    "TagSets": ".tag_sets",
     "Constraints": ".tags",
     "allowed_transitions": ".tags",
     "tag_names": ".tags",

@@ -36,6 +36,10 @@ def run() -> int:
         return main()
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
+        # Raised inside code run by exec() (a dataclass being made), the KeyboardInterrupt
+        # also set CPython's flag that kills the process with SIGINT at exit although it was
+        # handled here; running any exec() clears it, so that the exit code is this one.
+        exec("")
         return 130
 
 

@@ -16,10 +16,10 @@ import torch
 from spacy.language import Language
 from spacy.training import Example
 
-from spacy_bilstm_crf.__main__ import main
 from spacy_bilstm_crf.annotate import AnnotateError, annotate
 from spacy_bilstm_crf.annotate.ray_engine import init_local_ray
 from spacy_bilstm_crf.annotate.shards import MANIFEST, read_shard
+from spacy_bilstm_crf.cli import main
 
 TRAIN_DATA = [
     ("Who is Shaka Khan?", {"entities": [(7, 17, "PERSON")]}),

@@ -23,7 +23,7 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 
 from spacy_bilstm_crf import calibration
-from spacy_bilstm_crf.__main__ import main
+from spacy_bilstm_crf.cli import main
 from spacy_bilstm_crf.ml.bilstm_crf import torch_module
 from spacy_bilstm_crf.pipeline.known_entities import are_known, entity_key
 

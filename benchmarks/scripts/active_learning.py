@@ -19,8 +19,12 @@ saves and scores with, choose the next round's units. Strategies:
 - `full`: all the pool at once for the loop's total steps: the line the curves are
   measured against (its pipeline is kept in `OUTPUT/full-SEED/model`).
 
-Cost is counted in tokens reviewed (only the regions' tokens for spans) and in sentences
-touched. Each run has a folder `OUTPUT/STRATEGY-SEED`; each round's weights, the labelled
+Cost is counted as a person pays it: the tokens reviewed (only the regions' tokens for
+spans), the sentences touched, and what the tasks show: a sentence task shows its sentence,
+a span task the sentence around its region (two regions of a sentence are two tasks and show
+it twice), so tokens shown and tasks count what a person reads.
+
+Each run has a folder `OUTPUT/STRATEGY-SEED`; each round's weights, the labelled
 state and a JSON line of results are written before the next round starts, so a stopped
 sweep (Ctrl-C: exit 130) resumes where it stopped when run again, and finished runs are
 skipped. `active_learning_report.py` turns the runs into the table and the plot.
@@ -115,6 +119,7 @@ class Loop:
         self.sizes = numpy.asarray([len(doc) for doc in self.pool])
         self.total = int(self.sizes.sum())
         self.reviewed = [numpy.zeros(len(doc), dtype=bool) for doc in self.pool]
+        self.shown = {"tasks": 0, "tokens": 0}
         labels = sorted({ent.label_ for doc in self.pool for ent in doc.ents})
         for label in labels:
             self.pipe.add_label(label)
@@ -166,6 +171,7 @@ class Loop:
             if not self.reviewed[i].any() and self.sizes[i] <= budget:
                 self.reviewed[i][:] = True
                 budget -= int(self.sizes[i])
+                self.show(i)
 
     def label_by_strategy(self, budget: int, rng: numpy.random.Generator) -> None:
         """Units chosen by the strategy up to `budget` tokens, the model scoring the pool."""
@@ -202,6 +208,12 @@ class Loop:
             if strategy == "span":
                 start, end = widen_to_entities(start, end, gold_entity_bounds(self.pool[owner]))
             self.reviewed[owner][start:end] = True
+            self.show(owner)
+
+    def show(self, sentence: int) -> None:
+        """Count a task that shows pool sentence `sentence` to the person."""
+        self.shown["tasks"] += 1
+        self.shown["tokens"] += int(self.sizes[sentence])
 
     def label_next(self, round_index: int) -> None:
         """Label what round `round_index + 1` adds, chosen by the model as it is now."""
@@ -226,6 +238,7 @@ class Loop:
             if mask.any()
         }
         _write_json(folder / "reviewed.json", runs)
+        _write_json(folder / "shown.json", self.shown)
 
     def load_state(self, folder: Path) -> None:
         runs = json.loads((folder / "reviewed.json").read_text(encoding="utf8"))
@@ -234,6 +247,7 @@ class Loop:
         for key, bounds in runs.items():
             for start, end in zip(bounds[::2], bounds[1::2]):
                 self.reviewed[int(key)][start:end] = True
+        self.shown = json.loads((folder / "shown.json").read_text(encoding="utf8"))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -271,6 +285,7 @@ def run_loop(args: argparse.Namespace) -> None:
     while True:
         begin = time.perf_counter()
         tokens, touched = loop.cost()
+        shown = dict(loop.shown)
         f1, optimizer = loop.train(round_index, args.round_steps, previous)
         folder = args.output / f"round-{round_index:02d}"
         folder.mkdir(exist_ok=True)
@@ -289,6 +304,8 @@ def run_loop(args: argparse.Namespace) -> None:
             "tokens": tokens,
             "share": share,
             "sentences": touched,
+            "tasks": shown["tasks"],
+            "shown_tokens": shown["tokens"],
             "pool_tokens": loop.total,
             "pool_sentences": len(loop.pool),
             "test_f1": f1,
@@ -299,7 +316,8 @@ def run_loop(args: argparse.Namespace) -> None:
             file_.write(json.dumps(record) + "\n")
         print(
             f"round {round_index}: {100 * share:.1f}% of tokens ({tokens:,}), {touched:,} "
-            f"sentences, test F1 {100 * f1:.2f}, {record['seconds']:.0f} s",
+            f"sentences; shown {shown['tokens']:,} tokens in {shown['tasks']:,} tasks; "
+            f"test F1 {100 * f1:.2f}, {record['seconds']:.0f} s",
             file=sys.stderr,
             flush=True,
         )

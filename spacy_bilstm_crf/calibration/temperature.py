@@ -111,7 +111,9 @@ def entity_outcomes(
 ) -> Outcomes:
     """Probability, correctness and label of every entity in the component's confidence
     group, running `nlp` on the examples' texts with `confidence` on for the call. The group
-    includes entities that an earlier component's entities kept out of `doc.ents`."""
+    includes entities that an earlier component's entities kept out of `doc.ents`: the
+    component keeps and drops (`presets` "keep") for the call, so that temperatures are
+    fitted on the tagger's own probabilities, not on ones conditional on presets."""
     examples = list(examples)
     return _outcomes(nlp, examples, _tokenize(nlp, examples), component)
 
@@ -299,7 +301,7 @@ def _outcomes(
 ) -> Outcomes:
     """`entity_outcomes` on docs already tokenized from the examples' texts."""
     pipe = bilstm_crf_component(nlp, component)
-    with _settings(pipe, confidence=True, nbest=0):
+    with _settings(pipe, confidence=True, nbest=0, presets="keep"):
         predicted = _predict(nlp, examples, docs)
     key = pipe.cfg["spans_key"]
     probs, correct, labels, texts = [], [], [], []

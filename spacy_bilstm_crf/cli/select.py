@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise AnnotateError(f"--{name.replace('_', '-')} must be 1 or more, got {value}.")
     output = Path(args.output)
-    if output.is_dir() or not output.suffix:
-        output = tasks_file(output, args.task_format)
+    folder = output if output.is_dir() or not output.suffix else None
+    if folder is not None:
+        output = tasks_file(folder, args.task_format)
     wanted = suffix(args.task_format)
     if output.suffix != wanted:
         what = "one JSON list" if wanted == ".json" else "JSON lines"
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     config = read_label_config(args.label_config) if args.label_config else None
     source = Path(args.input)
     kind = check_input(source, args.text_column, args.id_column)
-    sent = _task_files(args.exclude, output)
+    sent = _task_files(args.exclude, output, folder)
     exclude = [task_id for path in sent for task_id in read_task_ids(path)]
     nlp = load_pipeline(args.model)
     pipe = bilstm_crf_component(nlp, args.component)
@@ -114,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
         config = _label_studio_config(config, pipe.labels, selection, output, args.unit)
     with replace_atomically(output) as path:
         written = write_tasks(selection.tasks, path, args.task_format, config)
-    print(selection)
-    print(f"wrote {written:,} {args.task_format} tasks to {output}")
+    report = f"{selection}\nwrote {written:,} {args.task_format} tasks to {output}"
+    print(report)
+    if folder is not None:  # the round's receipt, which the project tracks
+        (folder / "selection.txt").write_text(report + "\n", encoding="utf-8")
     if not written:
         print("warning: nothing to select (no usable texts, or all excluded)", file=sys.stderr)
     return 0
@@ -132,6 +135,7 @@ def _label_studio_config(
     one, a config for the tasks written beside them."""
     if config is None:
         path = config_file(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(default_config(model_labels, unit == "span"), encoding="utf-8")
         print(f"wrote the labeling config for the Label Studio project to {path}")
         return LabelConfig(labels=tuple(model_labels))
@@ -156,9 +160,10 @@ def _label_studio_config(
     return config
 
 
-def _task_files(paths: list[Path], output: Path) -> list[Path]:
+def _task_files(paths: list[Path], output: Path, folder: Path | None) -> list[Path]:
     """The files named, and the .jsonl and .json files in the folders named, but not the
-    output (a rerun of the same round does not exclude its own tasks)."""
+    output, nor anything in the round's own folder when writing one (a rerun of a round
+    excludes neither its own tasks nor their answers)."""
     files = []
     for path in paths:
         if path.is_dir():
@@ -167,4 +172,9 @@ def _task_files(paths: list[Path], output: Path) -> list[Path]:
             files.append(path)
         elif path.suffix:  # a folder that does not exist yet holds no tasks
             raise AnnotateError(f"--exclude {str(path)!r}: no such file.")
-    return [path for path in files if path.resolve() != output.resolve()]
+    own = folder.resolve() if folder is not None else None
+    return [
+        path
+        for path in files
+        if path.resolve() != output.resolve() and path.resolve().parent != own
+    ]

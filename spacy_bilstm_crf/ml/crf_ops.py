@@ -3,7 +3,9 @@ k-best analyses and tag posteriors.
 
 These functions and `bilstm_crf.torch_module` are the only code that reaches the CRF inside
 the torch module, so the pipe never does CRF maths. They take the per-segment emission arrays
-that the model's forward pass returns and pad them batch-first for the CRF.
+that the model's forward pass returns and pad them batch-first for the CRF. The decoding and
+probability functions take optional `candidates`: per segment, the tags each token may take
+(bool `(T_i, K)`, see `tag_sets.py`); their results are then given those constraints.
 """
 
 from collections.abc import Sequence
@@ -14,7 +16,11 @@ from thinc.api import Model, torch2xp, xp2torch
 from thinc.types import Floats2d, Ints1d
 
 from ..nn.crf import CRF
+from ..nn.crf import ConstraintError as ConstraintError  # for the pipe
 from .bilstm_crf import torch_module
+
+# Per segment, the tags each token may take, bool `(T_i, K)`; None: every tag.
+Candidates = Sequence[numpy.ndarray] | None
 
 
 def tagger_loss(
@@ -37,14 +43,16 @@ def tagger_loss(
     return loss.detach().item(), model.ops.unflatten(d_scores, _sizes(model, emissions))
 
 
-def tagger_decode(model: Model, emissions: list[Floats2d]) -> tuple[list[numpy.ndarray], int]:
+def tagger_decode(
+    model: Model, emissions: list[Floats2d], candidates: Candidates = None
+) -> tuple[list[numpy.ndarray], int]:
     """The best tag ids of each segment, and how many broke the scheme's constraints."""
     if not emissions:
         return [], 0
     module = torch_module(model)
     scores, mask = _pad(model, emissions, module.crf)
     with torch.no_grad():
-        paths, invalid = module.decode(scores, mask)
+        paths, invalid = module.decode(scores, mask, _pad_sets(candidates, scores))
     rows = paths.cpu().numpy()
     return [row[: len(array)] for row, array in zip(rows, emissions)], int(invalid.sum())
 
@@ -57,6 +65,7 @@ def crf_span_probs(
     tags: numpy.ndarray,
     after: numpy.ndarray,
     temperature: float = 1.0,
+    candidates: Candidates = None,
 ) -> numpy.ndarray:
     """The CRF probability that each span is exactly what was predicted.
 
@@ -79,12 +88,17 @@ def crf_span_probs(
         torch.as_tensor(starts, device=device),
         torch.as_tensor(tags, device=device),
         torch.as_tensor(after, device=device),
+        _pad_sets(candidates, scores),
     )
     return probs.cpu().numpy()
 
 
 def tagger_nbest(
-    model: Model, emissions: list[Floats2d], k: int, temperature: float = 1.0
+    model: Model,
+    emissions: list[Floats2d],
+    k: int,
+    temperature: float = 1.0,
+    candidates: Candidates = None,
 ) -> list[list[tuple[numpy.ndarray, float]]]:
     """Per segment, its `k` best tag paths (fewer when it has fewer) with their log
     probabilities under the CRF (scores divided by `temperature`), best first."""
@@ -93,9 +107,10 @@ def tagger_nbest(
     crf = _crf(model, temperature)
     scores, mask = _pad(model, emissions, crf)
     scores = scores.double() / temperature  # float64, as in crf_span_probs
+    sets = _pad_sets(candidates, scores)
     with torch.no_grad():
-        paths, path_scores = crf.nbest(scores, mask, k=k)
-        log_z = crf.log_partition(scores, mask)
+        paths, path_scores = crf.nbest(scores, mask, k=k, candidates=sets)
+        log_z = crf.log_partition(scores, mask, sets)
     log_probs = (path_scores - log_z.unsqueeze(1)).cpu().numpy()  # shape: (B, k)
     rows = paths.cpu().numpy()  # shape: (B, k, T)
     return [
@@ -116,6 +131,7 @@ def tagger_piece_nbest(
     ends: numpy.ndarray,
     k: int,
     temperature: float = 1.0,
+    candidates: Candidates = None,
 ) -> list[list[tuple[numpy.ndarray, float]]]:
     """Per piece (tokens `starts[p]..ends[p]-1` of segment `rows[p]`, such as a sentence), its
     `k` most probable labellings (fewer when it has fewer) with their log probabilities under
@@ -127,7 +143,7 @@ def tagger_piece_nbest(
     scores = scores.double() / temperature
     device = mask.device
     as_long = [torch.as_tensor(array, device=device) for array in (rows, starts, ends)]
-    paths, log_probs = crf.piece_nbest(scores, mask, *as_long, k)
+    paths, log_probs = crf.piece_nbest(scores, mask, *as_long, k, _pad_sets(candidates, scores))
     paths, log_probs = paths.cpu().numpy(), log_probs.cpu().numpy()
     return [
         [
@@ -140,7 +156,7 @@ def tagger_piece_nbest(
 
 
 def tagger_marginals(
-    model: Model, emissions: list[Floats2d], temperature: float = 1.0
+    model: Model, emissions: list[Floats2d], temperature: float = 1.0, candidates: Candidates = None
 ) -> list[numpy.ndarray]:
     """Per segment, the CRF posterior of each tag at each token, `(T, K)` float32 rows that
     sum to one, from scores divided by `temperature`; computed in float64 (forward-backward)."""
@@ -150,8 +166,19 @@ def tagger_marginals(
     scores, mask = _pad(model, emissions, crf)
     scores = scores.double() / temperature
     with torch.no_grad():
-        marginals = crf.marginals(scores, mask).float().cpu().numpy()  # shape: (B, T, K)
+        sets = _pad_sets(candidates, scores)
+        marginals = crf.marginals(scores, mask, sets).float().cpu().numpy()  # shape: (B, T, K)
     return [marginals[i, : len(array)] for i, array in enumerate(emissions)]
+
+
+def _pad_sets(candidates: Candidates, scores: torch.Tensor) -> torch.Tensor | None:
+    """Per-segment tag sets padded like `scores` `(B, T, K)` (padding allows every tag)."""
+    if candidates is None:
+        return None
+    padded = numpy.ones(scores.shape, dtype=bool)  # shape: (B, T, K)
+    for row, sets in enumerate(candidates):
+        padded[row, : len(sets)] = sets
+    return torch.from_numpy(padded).to(scores.device)
 
 
 def _crf(model: Model, temperature: float) -> CRF:

@@ -153,15 +153,24 @@ class BiLSTMTagger(nn.Module):
             torch.stack([nll, token_cross_entropy(scores, tags, mask)]), self.loss_scales
         )
 
-    def decode(self, scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def decode(
+        self, scores: Tensor, mask: Tensor, candidates: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Best tag ids `(B, T)` (padded with -1), and whether each row breaks the constraints.
 
-        The CRF decodes within the constraints; the softmax head takes each token's argmax,
+        The CRF decodes within the constraints (and the per-token `candidates`, bool `(B, T,
+        K)`, when given); the softmax head takes each token's argmax among its candidates,
         which can give sequences the tag scheme does not allow (the caller repairs them).
         """
         if self.head == "crf":
-            paths, _ = self.crf.decode(scores, mask)
+            paths, _ = self.crf.decode(scores, mask, candidates)
         else:
+            if candidates is not None:
+                empty = ~candidates.any(-1) & mask  # shape: (B, T)
+                if bool(empty.any()):
+                    row, position = (int(i) for i in empty.nonzero()[0])
+                    raise ValueError(f"The candidates of row {row} allow no tag at {position}.")
+                scores = scores.masked_fill(~candidates, float("-inf"))
             paths = scores.argmax(-1).masked_fill(~mask, -1)  # shape: (B, T)
         return paths, ~allowed_paths(self.crf, paths, mask)
 

@@ -4,28 +4,43 @@ Shapes follow one convention: `B` sequences, `T` time steps, `K` tags. Inputs ar
 masks are bool and left-aligned, and rows may have length zero (their log partition is 0 and
 their best path is empty).
 
+Every operation takes optional per-token constraints, `candidates`: a bool `(B, T, K)` tensor
+of the tags each token may take (batched like the mask; padding is ignored). Results are then
+exact under them: the best path, marginals, k best paths, span and path probabilities among
+the allowed paths that satisfy them, with the log partition of those paths. The tags ruled out
+get emission scores of `-inf`, which every pass handles as probability zero, so a constrained
+call costs one masked fill more. Constraints that no allowed path satisfies raise a
+`ConstraintError` naming the row and positions, never a `-inf`, NaN or empty result.
+`tag_sets.py` in the package builds them from spans.
+
 This module is the CRF's public face: its parameters and constraints, checks of its inputs
 with errors that name the row and position, and the operations users call. The numerical
 passes live beside it: `forward_backward.py` (log partition, posteriors, gradients),
 `viterbi.py` (best path), `nbest.py` (k best paths) and `span_probs.py` (span and piece
-probabilities).
+probabilities); `feasibility.py` finds what to name when no path is left.
 """
 
 import operator
-from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..tags import Constraints
-from . import forward_backward
+from . import forward_backward, span_probs
+from .feasibility import (
+    BoolMatrix,
+    ConstraintError,
+    constraint_error,
+    constraint_tensors,
+    infeasible_reason,
+)
 from .nbest import kbest_viterbi
-from .span_probs import piece_nbest, span_log_probs
 from .viterbi import viterbi
 
-BoolMatrix = Tensor | Sequence[Sequence[bool]]
 INFEASIBLE = ("raise", "inf")
+NEG_INF = float("-inf")
+
+__all__ = ["CRF", "ConstraintError"]
 
 
 class CRF(nn.Module):
@@ -46,7 +61,7 @@ class CRF(nn.Module):
         nn.init.uniform_(self.transitions, -0.1, 0.1)
         nn.init.uniform_(self.start_transitions, -0.1, 0.1)
         nn.init.uniform_(self.end_transitions, -0.1, 0.1)
-        moves, start, end = _constraint_tensors(num_tags, allowed)
+        moves, start, end = constraint_tensors(num_tags, allowed)
         self.register_buffer("allowed", moves)
         self.register_buffer("allowed_start", start)
         self.register_buffer("allowed_end", end)
@@ -94,12 +109,7 @@ class CRF(nn.Module):
         observed = nn.functional.one_hot(known, self.num_tags).bool()  # shape: (B, T, K)
         free = unknown.unsqueeze(-1)
         if candidates is not None:
-            if candidates.shape != emissions.shape or candidates.dtype != torch.bool:
-                raise ValueError(
-                    f"candidates must be a bool tensor of shape {tuple(emissions.shape)}, "
-                    f"got {candidates.dtype} {tuple(candidates.shape)}."
-                )
-            free = free & candidates
+            free = free & self._check_candidates(emissions, candidates)
         allowed_tags = torch.where(unknown.unsqueeze(-1), free, observed)
         clamped = emissions.masked_fill(~allowed_tags, float("-inf"))
         log_z_observed = forward_backward.log_partition(clamped, trans, start, end, mask)
@@ -108,11 +118,17 @@ class CRF(nn.Module):
             self._raise_if_infeasible(nll, emissions, tags, mask, candidates)
         return nll
 
-    def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Log of the sum of exp-scores over all allowed paths, shape `(B,)`."""
+    def log_partition(
+        self, emissions: Tensor, mask: Tensor | None = None, candidates: Tensor | None = None
+    ) -> Tensor:
+        """Log of the sum of exp-scores over all allowed paths (that satisfy `candidates`),
+        shape `(B,)`."""
         mask = self._check(emissions, mask)
+        scores = self._restrict(emissions, mask, candidates)
         trans, start, end = self._scores(emissions.dtype)
-        return forward_backward.log_partition(emissions, trans, start, end, mask)
+        log_z = forward_backward.log_partition(scores, trans, start, end, mask)
+        self._raise_if_no_path(log_z, emissions, mask, candidates)
+        return log_z
 
     def score(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
         """Unnormalised score of fully known `tags` per sequence, shape `(B,)`."""
@@ -122,19 +138,27 @@ class CRF(nn.Module):
             raise ValueError("score() needs every tag known; use nll() for partial labels.")
         return forward_backward.path_score(emissions, tags, mask, *self._scores(emissions.dtype))
 
-    def marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Posterior probability of each tag at each position, shape `(B, T, K)`.
+    def marginals(
+        self, emissions: Tensor, mask: Tensor | None = None, candidates: Tensor | None = None
+    ) -> Tensor:
+        """Posterior probability of each tag at each position, shape `(B, T, K)`, given
+        `candidates` when given.
 
         Rows sum to one at unmasked positions and are zero elsewhere.
         """
         mask = self._check(emissions, mask)
         trans, start, end = (s.detach() for s in self._scores(emissions.dtype))
-        emissions = emissions.detach()
+        raw = emissions.detach()
+        emissions = self._restrict(raw, mask, candidates)
         state = forward_backward.scaled_forward(emissions, trans, start, end, mask, backward=True)
         post = forward_backward.scaled_posteriors(state)
         posteriors = post.marginals  # shape: (T, K, B)
         if bool(post.bad.any()):
             rows = post.bad.nonzero().squeeze(1)
+            if candidates is not None:  # rows without a path are among these
+                wide = (x.double() for x in (emissions[rows], trans, start, end))
+                log_z = forward_backward.reference_log_z(*wide, mask[rows])
+                self._raise_if_no_path(log_z, raw[rows], mask[rows], candidates[rows], rows)
             grads = forward_backward.reference_grads(
                 emissions[rows], trans, start, end, mask[rows], None
             )
@@ -142,20 +166,31 @@ class CRF(nn.Module):
         return posteriors.permute(2, 0, 1)
 
     @torch.no_grad()
-    def decode(self, emissions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Viterbi: the best path per sequence and its score.
+    def decode(
+        self, emissions: Tensor, mask: Tensor | None = None, candidates: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Viterbi: the best path per sequence (that satisfies `candidates`) and its score.
 
         Returns `paths` `(B, T)` long, padded with `-1` where masked, and `scores` `(B,)`.
         Use `to_lists` for ragged Python lists.
         """
         mask = self._check(emissions, mask)
-        return viterbi(emissions.detach(), mask, *self._scores(emissions.dtype))
+        scores = self._restrict(emissions.detach(), mask, candidates)
+        paths, best = viterbi(scores, mask, *self._scores(emissions.dtype))
+        self._raise_if_no_path(best, emissions, mask, candidates)
+        return paths, best
 
     @torch.no_grad()
     def nbest(
-        self, emissions: Tensor, mask: Tensor | None = None, *, k: int
+        self,
+        emissions: Tensor,
+        mask: Tensor | None = None,
+        *,
+        k: int,
+        candidates: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """k-best Viterbi: the `k` best allowed paths per sequence and their scores, best first.
+        """k-best Viterbi: the `k` best allowed paths per sequence (that satisfy `candidates`)
+        and their scores, best first.
 
         Returns `paths` `(B, k, T)` long, padded with `-1` where masked, and `scores` `(B, k)`.
         A row with fewer than `k` allowed paths fills the rest with score `-inf` and only `-1`
@@ -168,20 +203,31 @@ class CRF(nn.Module):
         if k < 1:
             raise ValueError(f"nbest needs k >= 1 paths per sequence, got k={k}.")
         mask = self._check(emissions, mask)
-        scores = self._scores(emissions.dtype)
+        moves = self._scores(emissions.dtype)
+        scores = self._restrict(emissions.detach(), mask, candidates)
         if k == 1:  # the same paths and scores, at the cost of a plain Viterbi
-            paths, best = viterbi(emissions.detach(), mask, *scores)
-            return paths.unsqueeze(1), best.unsqueeze(1)
-        return kbest_viterbi(emissions.detach(), mask, *scores, k)
+            paths, best = viterbi(scores, mask, *moves)
+            paths, best = paths.unsqueeze(1), best.unsqueeze(1)
+        else:
+            paths, best = kbest_viterbi(scores, mask, *moves, k)
+        self._raise_if_no_path(best[:, 0], emissions, mask, candidates)
+        return paths, best
 
     @torch.no_grad()
-    def path_probs(self, emissions: Tensor, scores: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Probabilities `exp(score - log Z)` of paths with these scores, shaped like `scores`.
+    def path_probs(
+        self,
+        emissions: Tensor,
+        scores: Tensor,
+        mask: Tensor | None = None,
+        candidates: Tensor | None = None,
+    ) -> Tensor:
+        """Probabilities `exp(score - log Z)` of paths with these scores, shaped like `scores`;
+        with `candidates`, of paths that satisfy them, given them (`log Z` over those paths).
 
         `scores` is `(B,)` (from `decode`) or `(B, k)` (from `nbest`); `-inf` gives 0. Where
         rounding would make a row's probabilities sum past one, they are scaled down to one.
         """
-        log_z = self.log_partition(emissions, mask)  # shape: (B,)
+        log_z = self.log_partition(emissions, mask, candidates)  # shape: (B,)
         if scores.dim() not in (1, 2) or scores.shape[0] != log_z.shape[0]:
             raise ValueError(
                 f"scores must have shape ({log_z.shape[0]},) or ({log_z.shape[0]}, k), "
@@ -201,11 +247,13 @@ class CRF(nn.Module):
         starts: Tensor,
         tags: Tensor,
         after: Tensor | None = None,
+        candidates: Tensor | None = None,
     ) -> Tensor:
         """The probability `(E,)` that span `e` has exactly its tags: sequence `rows[e]`,
         tokens from `starts[e]` on tagged `tags[e]` (`(E, L)` long, padded with -1), and, when
         `after[e]` is a tag id, the token after the span not tagged `after[e]` (the tag that
-        would continue an entity). One forward-backward pass for all spans (`span_probs.py`)."""
+        would continue an entity); given `candidates` when given. One forward-backward pass
+        for all spans (`span_probs.py`)."""
         mask = self._check(emissions, mask)
         if after is None:
             after = torch.full_like(rows, -1)
@@ -214,8 +262,12 @@ class CRF(nn.Module):
         lengths = (tags >= 0).sum(1)
         if bool((starts < 0).any() | (starts + lengths > mask.sum(1)[rows]).any()):
             raise ValueError("every span must lie inside its sequence.")
-        log_probs = span_log_probs(
-            emissions, mask, *self._scores(emissions.dtype), rows, starts, tags, after
+        trans, start, end = self._scores(emissions.dtype)
+        scores = self._restrict(emissions, mask, candidates)
+        messages = span_probs.forward_backward(scores, mask, trans, start, end)
+        self._raise_if_no_path(messages.log_z, emissions, mask, candidates)
+        log_probs = span_probs.span_log_probs(
+            messages, scores, trans, end, rows, starts, tags, after
         )
         return log_probs.exp()
 
@@ -228,17 +280,23 @@ class CRF(nn.Module):
         starts: Tensor,
         ends: Tensor,
         k: int,
+        candidates: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The `k` most probable labellings of pieces of sequences (such as the sentences of a
         document) and their log probabilities under each whole sequence's CRF, best first:
         paths `(P, k, L)` padded with -1, log probabilities `(P, k)`, `-inf` where a piece has
-        fewer than `k`. Piece `p` is tokens `starts[p]..ends[p]-1` of sequence `rows[p]`."""
+        fewer than `k`. Piece `p` is tokens `starts[p]..ends[p]-1` of sequence `rows[p]`. With
+        `candidates`, labellings and probabilities given them."""
         mask = self._check(emissions, mask)
         if k < 1:
             raise ValueError(f"piece_nbest needs k >= 1, got k={k}.")
         if bool((starts < 0).any() | (ends <= starts).any() | (ends > mask.sum(1)[rows]).any()):
             raise ValueError("every piece must be non-empty and lie inside its sequence.")
-        return piece_nbest(emissions, mask, *self._scores(emissions.dtype), rows, starts, ends, k)
+        trans, start, end = self._scores(emissions.dtype)
+        scores = self._restrict(emissions, mask, candidates)
+        messages = span_probs.forward_backward(scores, mask, trans, start, end)
+        self._raise_if_no_path(messages.log_z, emissions, mask, candidates)
+        return span_probs.piece_nbest(messages, scores, trans, start, rows, starts, ends, k)
 
     @torch.no_grad()
     def scaled(self, temperature: float) -> "CRF":
@@ -278,6 +336,45 @@ class CRF(nn.Module):
         start = torch.where(self.allowed_start, self.start_transitions.to(dtype), neg_inf)
         end = torch.where(self.allowed_end, self.end_transitions.to(dtype), neg_inf)
         return trans, start, end
+
+    def _restrict(self, emissions: Tensor, mask: Tensor, candidates: Tensor | None) -> Tensor:
+        """`emissions` with the tags `candidates` rules out at `-inf`. Padding may get `-inf`
+        too: every pass leaves it out (by the mask) or reads nothing from it."""
+        if candidates is None:
+            return emissions
+        return torch.where(self._check_candidates(emissions, candidates), emissions, NEG_INF)
+
+    def _raise_if_no_path(
+        self,
+        best: Tensor,
+        emissions: Tensor,
+        mask: Tensor,
+        candidates: Tensor | None,
+        rows: Tensor | None = None,
+    ) -> None:
+        """Raise a `ConstraintError` for rows whose `candidates` leave no allowed path: those
+        whose best score or log partition `best` `(B,)` is `-inf` or NaN (`rows`: their
+        indices in the whole batch). The common case costs one comparison."""
+        if candidates is None or bool((best > NEG_INF).all()):  # empty rows have 0
+            return
+        suspect = ~(best > NEG_INF) & mask.any(1)  # shape: (B,), -inf or NaN
+        rules = (self.allowed, self.allowed_start, self.allowed_end)
+        local = suspect.nonzero().squeeze(1).tolist()
+        error = constraint_error(local, candidates, emissions.detach(), mask, rules)
+        if error is not None and rows is not None:  # name the row in the whole batch
+            row = int(rows[error.row])
+            message = str(error).replace(f"row {error.row} ", f"row {row} ", 1)
+            error = ConstraintError(message, row, error.first, error.last)
+        if error is not None:
+            raise error
+
+    def _check_candidates(self, emissions: Tensor, candidates: Tensor) -> Tensor:
+        if candidates.shape != emissions.shape or candidates.dtype != torch.bool:
+            raise ValueError(
+                f"candidates must be a bool tensor of shape {tuple(emissions.shape)}, "
+                f"got {candidates.dtype} {tuple(candidates.shape)}."
+            )
+        return candidates
 
     def _check(self, emissions: Tensor, mask: Tensor | None) -> Tensor:
         if emissions.dim() != 3 or emissions.shape[-1] != self.num_tags:
@@ -328,7 +425,7 @@ class CRF(nn.Module):
             allowed_tags = None if candidates is None else candidates[row, :length].cpu().numpy()
             known, scores = tags[row, :length].cpu().numpy(), emissions[row, :length].detach()
             finite = (scores > float("-inf")).cpu().numpy()  # shape: (L, K)
-            reason = _infeasible_reason(row, known, finite, allowed_tags, *rules)
+            reason = infeasible_reason(row, known, finite, allowed_tags, *rules)
             if reason is not None:
                 reasons[row] = reason
         if reasons:
@@ -338,71 +435,3 @@ class CRF(nn.Module):
                 f"{reasons[rows[0]]}{more}; pass infeasible='inf' to nll for an infinite loss "
                 "instead."
             )
-
-
-def _infeasible_reason(
-    row: int,
-    known: np.ndarray,
-    finite: np.ndarray,
-    candidates: np.ndarray | None,
-    allowed: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-) -> str | None:
-    """Why no allowed path of length `L` agrees with tags `known` `(L,)` (-1: unknown), or None.
-
-    Follows the tags that allowed paths agreeing with the row can reach at each position, and
-    names the first position where none is left (or the end). `finite` `(L, K)` says where the
-    emission scores are not `-inf`; `candidates` `(L, K)` restricts the unknown positions.
-    """
-    length, num_tags = finite.shape
-    is_known = known >= 0  # shape: (L,)
-    free = np.ones_like(finite) if candidates is None else candidates  # shape: (L, K)
-    one_hot = np.eye(num_tags, dtype=bool)[known.clip(min=0)]  # shape: (L, K)
-    options = np.where(is_known[:, None], one_hot, free) & finite  # shape: (L, K)
-    whose = "gold tags" if is_known.all() else "known tags"
-    whose += " and candidates" if candidates is not None and not is_known.all() else ""
-    broken = f"{whose} of row {row} break the constraints at position"
-    reach = starts  # shape: (K,), the tags that an allowed, agreeing prefix may end in
-    for t in range(length):
-        reach = options[t] & (starts if t == 0 else allowed[reach].any(0))
-        if reach.any():
-            continue
-        tag = int(known[t])
-        if tag >= 0 and not finite[t, tag]:
-            where = f"the emission score of tag {tag} at position {t} is -inf"
-            return f"{whose} of row {row} have no path of finite score: {where}"
-        if tag >= 0 and t == 0:
-            return f"{broken} 0: tag {tag} may not start a sequence"
-        if tag >= 0 and known[t - 1] >= 0:
-            return f"{broken} {t}: tag {tag} may not follow tag {int(known[t - 1])}"
-        return f"no allowed path agrees with the {whose} of row {row} up to position {t}"
-    if (reach & ends).any():
-        return None
-    tag = int(known[-1])
-    if tag >= 0:
-        return f"{broken} {length - 1}: tag {tag} may not end a sequence"
-    return f"no allowed path agrees with the {whose} of row {row} and ends at position {length - 1}"
-
-
-def _constraint_tensors(
-    num_tags: int, allowed: Constraints | BoolMatrix | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Bool tensors for allowed moves, starts and ends; everything allowed by default."""
-    if allowed is None:
-        moves: BoolMatrix = torch.ones(num_tags, num_tags, dtype=torch.bool)
-        start: Tensor | Sequence[bool] = [True] * num_tags
-        end: Tensor | Sequence[bool] = [True] * num_tags
-    elif isinstance(allowed, Constraints):
-        moves, start, end = allowed
-    else:
-        moves, start, end = allowed, [True] * num_tags, [True] * num_tags
-    moves_t = torch.as_tensor(moves, dtype=torch.bool)
-    start_t = torch.as_tensor(start, dtype=torch.bool)
-    end_t = torch.as_tensor(end, dtype=torch.bool)
-    shapes = (moves_t.shape, start_t.shape, end_t.shape)
-    if shapes != ((num_tags, num_tags), (num_tags,), (num_tags,)):
-        raise ValueError(f"Constraints must be ({num_tags}, {num_tags}) and ({num_tags},) bools.")
-    if not bool(start_t.any()) or not bool(end_t.any()):
-        raise ValueError("Constraints allow no start or no end tag: no path would be possible.")
-    return moves_t, start_t, end_t

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .forward_backward import masked_exp
 from .nbest import kbest_viterbi
 from .viterbi import viterbi
 
@@ -91,7 +92,7 @@ def forward_backward(
     backwards = scores.gather(1, mirrored.unsqueeze(-1).expand(-1, -1, num_tags))
     probs = torch.stack([scores, backwards])  # shape: (2, B, T, K)
     shifts = probs.amax(-1, keepdim=True)  # shape: (2, B, T, 1)
-    probs = probs.sub_(shifts).exp_()
+    probs = masked_exp(probs.sub_(shifts), probs.new_ones(()))
     moves, move_shift = _shifted_exp(trans)  # shape: (K, K)
     starts, start_shift = _shifted_exp(start)  # shape: (K,)
     ends, end_shift = _shifted_exp(end)  # shape: (K,)
@@ -125,10 +126,9 @@ def _shifted_exp(scores: Tensor) -> tuple[Tensor, float]:
 
 
 def span_log_probs(
+    messages: Messages,
     emissions: Tensor,
-    mask: Tensor,
     trans: Tensor,
-    start: Tensor,
     end: Tensor,
     rows: Tensor,
     starts: Tensor,
@@ -137,9 +137,8 @@ def span_log_probs(
 ) -> Tensor:
     """Log probability `(E,)` of each span: sequence `rows[e]`, tokens from `starts[e]` on
     with the tags `tags[e]` (`(E, L)`, -1 after the span's last token), and the next token
-    not tagged `after[e]` (-1: no condition). Scores are as `CRF._scores` gives them (with
-    forbidden moves at `-inf`)."""
-    messages = forward_backward(emissions, mask, trans, start, end)
+    not tagged `after[e]` (-1: no condition). `messages` are `forward_backward`'s over the
+    same emissions; scores are as `CRF._scores` gives them (forbidden moves at `-inf`)."""
     spans, width = tags.shape
     lengths = (tags >= 0).sum(1)  # shape: (E,)
     if bool((lengths < 1).any()):
@@ -165,11 +164,10 @@ def span_log_probs(
 
 
 def piece_nbest(
+    messages: Messages,
     emissions: Tensor,
-    mask: Tensor,
     trans: Tensor,
     start: Tensor,
-    end: Tensor,
     rows: Tensor,
     starts: Tensor,
     ends: Tensor,
@@ -180,8 +178,7 @@ def piece_nbest(
     the sequence's CRF (every labelling of the rest of the sequence summed over), best first.
     Missing labellings (a piece with fewer than `k`) have `-inf`. Pieces are searched in
     groups of similar length (widths within a factor of two), not all padded to the longest:
-    sentences of one text range from a word to hundreds."""
-    messages = forward_backward(emissions, mask, trans, start, end)
+    sentences of one text range from a word to hundreds. `messages` as for `span_log_probs`."""
     sizes = ends - starts  # shape: (P,)
     paths = torch.full((len(rows), k, int(sizes.max())), -1, dtype=torch.long, device=rows.device)
     best = emissions.new_full((len(rows), k), NEG_INF)

@@ -52,11 +52,13 @@ def best_analyses(
     k: int,
     unit: str,
     temperature: float = 1.0,
+    candidates: crf_ops.Candidates = None,
 ) -> list[list[Piece]]:
     """Per doc, its pieces with their `k` best analyses: the whole doc (its segments'
-    analyses combined; `unit` "doc"), or each sentence within its segment."""
+    analyses combined; `unit` "doc"), or each sentence within its segment; given the
+    per-segment tag sets `candidates` when given."""
     if unit == "doc":
-        per_segment = crf_ops.tagger_nbest(model, emissions, k, temperature)
+        per_segment = crf_ops.tagger_nbest(model, emissions, k, temperature, candidates)
         per_doc = split_by(per_segment, [len(lengths) for lengths in segments])
         return [
             [Piece(0, len(doc), best_combinations(lists, k))] for doc, lists in zip(docs, per_doc)
@@ -84,6 +86,7 @@ def best_analyses(
         numpy.asarray(ends),
         k,
         temperature,
+        candidates,
     )
     pieces: list[list[Piece]] = [[] for _ in docs]
     for (doc_index, offset), begin, finish, found in zip(owners, starts, ends, analyses):
@@ -98,11 +101,13 @@ def entity_probs(
     segments: list[list[int]],
     paths: list[numpy.ndarray],
     cfg: dict[str, Any],
+    candidates: crf_ops.Candidates = None,
 ) -> list[numpy.ndarray]:
     """Per doc, the CRF probability of each predicted entity, in the order the entities
     are read from the tags (before whitespace trimming), at the entity's temperature: the
     component's `temperature`, or `seen_temperature` and `unseen_temperature` for entities
-    among its `known_entities` and the others (settings from `cfg`)."""
+    among its `known_entities` and the others (settings from `cfg`); given the per-segment
+    tag sets `candidates` when given."""
     scheme = cfg["scheme"]
     sizes = numpy.asarray([len(path) for path in paths], dtype="int64")
     found = read_sequences(numpy.concatenate([numpy.zeros(0, "int64"), *paths]), sizes, scheme)
@@ -115,7 +120,7 @@ def entity_probs(
     seen_t, unseen_t = cfg["seen_temperature"], cfg["unseen_temperature"]
     if seen_t is None or unseen_t is None:
         probs = crf_ops.crf_span_probs(
-            model, emissions, rows, starts, tags, after, cfg["temperature"]
+            model, emissions, rows, starts, tags, after, cfg["temperature"], candidates
         )
     else:
         sizes = [numpy.asarray(lengths, dtype="int64") for lengths in segments]
@@ -138,6 +143,7 @@ def entity_probs(
                     tags[group],
                     after[group],
                     temperature,
+                    candidates,
                 )
     return [probs[owners == i] for i in range(len(segments))]
 

@@ -23,10 +23,11 @@ from ..ml import crf_ops
 from ..ml.segments import split_by
 from ..tags import tag_names
 from ..train.gold import UnknownLabelError, gold_tag_ids, restart_segments
+from . import presets
 from .analyses import Analysis, Piece, Predictions, best_analyses, entity_probs
 from .known_entities import training_keys
 from .settings import DEFAULT_MODEL, MODEL_SETTINGS, check_settings
-from .spans import docs_entities, set_entities, set_nbest
+from .spans import docs_entities, set_nbest
 
 
 @Language.factory(
@@ -35,6 +36,7 @@ from .spans import docs_entities, set_entities, set_nbest
     default_config={
         "model": DEFAULT_MODEL,
         "overwrite": False,
+        "presets": "fixed",
         "confidence": False,
         "spans_key": "bilstm_crf",
         "threshold": 0.0,
@@ -51,6 +53,7 @@ def make_bilstm_crf(
     name: str,
     model: Model[list[Doc], list[Floats2d]],
     overwrite: bool,
+    presets: str,
     confidence: bool,
     spans_key: str,
     threshold: float,
@@ -62,7 +65,9 @@ def make_bilstm_crf(
 ) -> "BiLSTMCRFTagger":
     """A BiLSTM-CRF entity tagger (the options are those of README.md's table).
 
-    `overwrite`: replace entities of earlier components. `confidence`: each entity also in
+    `overwrite`: replace entities of earlier components; else `presets` "fixed": decode around
+    them (their entities fixed, blocked tokens outside), or "keep": keep them and drop the
+    tagger's entities that overlap them (`presets.py`). `confidence`: each entity also in
     `doc.spans[spans_key]`, its CRF probability in `attrs["scores"]`; `threshold`: keep only
     entities whose probability reaches it. `nbest`: the `nbest` most probable analyses of each
     doc (or sentence: `nbest_unit`) as span groups `f"{spans_key}_nbest_{rank}"`. `scheme`:
@@ -73,6 +78,7 @@ def make_bilstm_crf(
         model,
         name,
         overwrite=overwrite,
+        presets=presets,
         confidence=confidence,
         spans_key=spans_key,
         threshold=threshold,
@@ -94,6 +100,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         name: str = "bilstm_crf",
         *,
         overwrite: bool = False,
+        presets: str = "fixed",
         confidence: bool = False,
         spans_key: str = "bilstm_crf",
         threshold: float = 0.0,
@@ -106,6 +113,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         check_settings(
             name,
             scheme=scheme,
+            presets=presets,
             threshold=threshold,
             nbest=nbest,
             nbest_unit=nbest_unit,
@@ -119,6 +127,7 @@ class BiLSTMCRFTagger(TrainablePipe):
             "labels": [],
             "input_width": None,
             "overwrite": overwrite,
+            "presets": presets,
             "confidence": confidence,
             "spans_key": spans_key,
             "threshold": threshold,
@@ -173,7 +182,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         self._require_built()
         with bilstm_crf_model.torch_threads(self.model, self._threads()):
             emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
-            return self._predictions(docs, emissions)
+            return self._predictions(docs, emissions, self._fixed(docs))
 
     def analyze(
         self, docs: Iterable[Doc], unit: str = "doc", marginals: bool = True, best: bool = True
@@ -181,23 +190,26 @@ class BiLSTMCRFTagger(TrainablePipe):
         """`predict`'s output and, per doc, what choosing texts to annotate needs: the best
         analysis of each piece (the doc, or each sentence: `unit`) with its log probability
         (no pieces without `best`), and each token's tag posteriors (None without
-        `marginals`), all at the calibrated `temperature`."""
+        `marginals`), all at the calibrated `temperature` and given the presets."""
         if unit not in ("doc", "sentence"):
             raise ValueError(f"[{self.name}] unit must be 'doc' or 'sentence', got {unit!r}.")
         docs = list(docs)
         self._require_built()
         with bilstm_crf_model.torch_threads(self.model, self._threads()):
             emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
-            predictions = self._predictions(docs, emissions)
+            fixed = self._fixed(docs)
+            predictions = self._predictions(docs, emissions, fixed)
             segments = bilstm_crf_model.doc_segments(self.model, docs)
+            sets = presets.segment_candidates(fixed, segments, self.tag_names, self.cfg["scheme"])
+            temperature = self.cfg["temperature"]
             pieces: list[list[Piece]] = [[] for _ in docs]
             if best:
-                temperature = self.cfg["temperature"]
-                pieces = best_analyses(self.model, docs, emissions, segments, 1, unit, temperature)
+                pieces = best_analyses(
+                    self.model, docs, emissions, segments, 1, unit, temperature, sets
+                )
             if not marginals:
                 return predictions, [Analysis(doc_pieces, None) for doc_pieces in pieces]
-            temperature = self.cfg["temperature"]
-            posteriors = crf_ops.tagger_marginals(self.model, emissions, temperature)
+            posteriors = crf_ops.tagger_marginals(self.model, emissions, temperature, sets)
         empty = numpy.zeros((0, len(self.tag_names)), dtype="float32")
         per_doc = split_by(posteriors, [len(lengths) for lengths in segments])
         return predictions, [
@@ -205,10 +217,25 @@ class BiLSTMCRFTagger(TrainablePipe):
             for doc_pieces, doc_marginals in zip(pieces, per_doc)
         ]
 
-    def _predictions(self, docs: list[Doc], emissions: list[Floats2d]) -> Predictions:
-        """Decode the emissions of `docs` (inside `torch_threads`)."""
+    def _fixed(self, docs: list[Doc]) -> list[numpy.ndarray | None] | None:
+        """Per doc, the tag sets its presets leave, when decoding around them (`presets.py`)."""
+        if self.cfg["overwrite"] or self.cfg["presets"] != "fixed":
+            return None
+        return presets.docs_tag_sets(docs, self.labels, self.cfg["scheme"])
+
+    def _predictions(
+        self, docs: list[Doc], emissions: list[Floats2d], fixed: list | None = None
+    ) -> Predictions:
+        """Decode the emissions of `docs` (inside `torch_threads`), given the per-doc tag sets
+        `fixed` when given."""
         segments = bilstm_crf_model.doc_segments(self.model, docs)
-        paths, invalid = crf_ops.tagger_decode(self.model, emissions)
+        sets = presets.segment_candidates(fixed, segments, self.tag_names, self.cfg["scheme"])
+        try:
+            paths, invalid = crf_ops.tagger_decode(self.model, emissions, sets)
+        except crf_ops.ConstraintError as error:
+            where = presets.conflict(error, docs, segments)
+            message = f"[{self.name}] No analysis satisfies the constraints at {where}."
+            raise ValueError(message) from None
         self.decode_stats["sequences"] += len(paths)
         self.decode_stats["invalid"] += invalid
         empty = numpy.zeros(0, dtype="int64")
@@ -216,20 +243,20 @@ class BiLSTMCRFTagger(TrainablePipe):
         tags = [numpy.concatenate([empty, *doc_paths]) for doc_paths in per_doc]
         probs = None
         if self.cfg["confidence"] or self.cfg["threshold"] > 0:
-            probs = entity_probs(self.model, docs, emissions, segments, paths, self.cfg)
+            probs = entity_probs(self.model, docs, emissions, segments, paths, self.cfg, sets)
         nbest = None
         if self.cfg["nbest"]:
             k, unit = self.cfg["nbest"], self.cfg["nbest_unit"]
             nbest = best_analyses(
-                self.model, docs, emissions, segments, k, unit, self.cfg["temperature"]
+                self.model, docs, emissions, segments, k, unit, self.cfg["temperature"], sets
             )
         return Predictions(tags, probs, nbest)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Predictions) -> None:
-        """Write the predicted entities to `doc.ents`, keeping earlier ones unless overwriting."""
+        """Write the predicted entities to `doc.ents`: around the presets (their entities and
+        blocked tokens kept), or as `overwrite` and `presets` "keep" say (`presets.py`)."""
         docs = list(docs)
         labels, scheme = self.labels, self.cfg["scheme"]
-        threshold = self.cfg["threshold"]
         segments = bilstm_crf_model.doc_segments(self.model, docs)
         found = docs_entities(docs, predictions.tags, segments, scheme)
         for i, (doc, (entities, kept)) in enumerate(zip(docs, found)):
@@ -240,10 +267,7 @@ class BiLSTMCRFTagger(TrainablePipe):
             probs = None
             if predictions.probs is not None:  # as stored, so that a threshold sees the same
                 probs = predictions.probs[i][kept].astype("float32")
-            chosen = spans
-            if threshold > 0 and probs is not None:
-                chosen = [span for span, prob in zip(spans, probs) if prob >= threshold]
-            set_entities(doc, chosen, self.cfg["overwrite"])
+            spans, probs = presets.write_entities(doc, spans, probs, self.cfg)
             if self.cfg["confidence"] and probs is not None:
                 group = SpanGroup(doc, name=self.cfg["spans_key"], spans=spans)
                 group.attrs["scores"] = numpy.asarray(probs, dtype="float32")
@@ -374,8 +398,8 @@ class BiLSTMCRFTagger(TrainablePipe):
 
     def _load_cfg(self, saved: dict[str, Any]) -> None:
         """Take what the trained model is from `saved`; the settings that only act at run time
-        (overwrite, confidence, spans_key, threshold, threads) keep the values this component
-        was made with, so that a config given at load time takes effect."""
+        (overwrite, presets, confidence, spans_key, threshold, threads) keep the values this
+        component was made with, so that a config given at load time takes effect."""
         if saved.get("scheme", self.cfg["scheme"]) != self.cfg["scheme"]:
             raise ValueError(
                 f"[{self.name}] The config sets scheme {self.cfg['scheme']!r}, but the model was "

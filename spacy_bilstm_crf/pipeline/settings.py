@@ -5,6 +5,9 @@ from thinc.api import Config
 
 from ..tags import SCHEMES
 
+# What the component does with entities and blocked tokens set before it (`presets.py`).
+PRESET_MODES = ("fixed", "keep")
+
 default_model_config = """
 [model]
 @architectures = "spacy-bilstm-crf.BiLSTMCRF.v1"
@@ -39,11 +42,20 @@ MODEL_SETTINGS = (
 
 
 def check_settings(
-    name: str, *, scheme: str, threshold: float, nbest: int, nbest_unit: str, threads: int
+    name: str,
+    *,
+    scheme: str,
+    presets: str,
+    threshold: float,
+    nbest: int,
+    nbest_unit: str,
+    threads: int,
 ) -> None:
     """Raise a ValueError naming the component and the option for a value it cannot take."""
     if scheme not in SCHEMES:
         raise ValueError(f"[{name}] scheme must be one of {SCHEMES}, got {scheme!r}.")
+    if presets not in PRESET_MODES:
+        raise ValueError(f"[{name}] presets must be one of {PRESET_MODES}, got {presets!r}.")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"[{name}] threshold must be in [0, 1], got {threshold}.")
     if nbest < 0:
