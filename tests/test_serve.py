@@ -270,3 +270,20 @@ def test_basic_auth(backend, caplog):
         assert client.get("/health", auth=("ls", "s3cret-Pass")).status_code == 200
         assert predict(client, [TEXT]).status_code == 401
     assert "s3cret-Pass" not in caplog.text
+
+
+def test_annotations_created_in_bulk_are_each_journaled(client, backend):
+    first = annotation_event(21, 1, TEXT, [(0, 12, "person")])
+    second = annotation_event(22, 2, "Paris", [(0, 5, "location")])
+    body = {
+        "action": "ANNOTATIONS_CREATED",
+        "project": first["project"],
+        "annotation": [first["annotation"], second["annotation"]],
+        "task": [first["task"], second["task"]],
+    }
+    answer = client.post("/webhook", json=body)
+    assert answer.status_code == 201 and answer.json()["events"] == 2
+    assert [a.entities for a in backend.journal.answers()] == [
+        [(0, 12, "person")],
+        [(0, 5, "location")],
+    ]

@@ -157,11 +157,7 @@ class Backend:
         config = config_of(body.get("label_config")) or self._configs.get(project)
         if config is None:
             raise ProtocolError("'/train' needs 'label_config'")
-        events = [
-            event
-            for event in train_events(body, config)
-            if not self.journal.known(event.project, event.annotation, event.updated_at)
-        ]
+        events = self.journal.new_states(list(train_events(body, config)))
         if events:
             self.journal.add_answers("TRAIN", events)
         return {"journaled": len(events), **self._start_training()}

@@ -81,11 +81,17 @@ class Journal:
         with self._lock:
             return list(self._entries)
 
-    def known(self, project: str, annotation: Any, updated_at: str) -> bool:
-        """Whether this state of the annotation is journaled already (`/train` resends all)."""
+    def new_states(self, events: list[AnswerEvent]) -> list[AnswerEvent]:
+        """The events whose state of the annotation is not journaled yet (`/train` resends
+        every answer each time)."""
         with self._lock:
-            latest = _latest_states(self._entries).get((project, annotation))
-        return latest is not None and latest.get("updated_at") == updated_at
+            latest = _latest_states(self._entries)
+        return [
+            event
+            for event in events
+            if latest.get((event.project, event.annotation), {}).get("updated_at")
+            != event.updated_at
+        ]
 
     def answers(self, upto: int | None = None) -> list[Answer | Skipped]:
         """Each task's latest answer among the first `upto` entries (all by default)."""
