@@ -1,12 +1,15 @@
 """The HTTP routes: each parses its JSON, calls one method of `Backend` and turns the result
 or the error into a response. Starlette: a small, well-kept ASGI toolkit (what FastAPI is
-built on) with a test client, served by uvicorn; the protocol is six routes of JSON, which
-needs no request models or generated docs.
+built on) with a test client, served by uvicorn; the protocol is a handful of JSON routes
+(`/health`, `/setup`, `/predict`, `/webhook`, `/train`, and `/versions` and `/metrics` that
+Label Studio may ask for), which need no request models or generated docs.
 
 Routes run in Starlette's thread pool (they are plain functions), so a long prediction or a
 journal fsync never holds up the event loop, and training, in its own thread, never holds up
 a prediction. With credentials, every route asks for HTTP basic auth (Label Studio's backend
-settings send it); the credentials are compared in constant time and never logged.
+settings send it with each call; the webhook it creates for the backend carries no auth, so
+the same `Authorization` header goes into the project's webhook settings); the credentials
+are compared in constant time and never logged.
 """
 
 import base64
