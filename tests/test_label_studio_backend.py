@@ -22,6 +22,7 @@ EXPORTS = ROOT.parent / "shared" / "data" / "tool_exports" / "label_studio_1.23.
 sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
 label_studio_app = pytest.importorskip("label_studio_app")
 pytest.importorskip("starlette")
+pytestmark = pytest.mark.xdist_group("label_studio")  # one Label Studio for the module
 
 CONFIG = """<View>
   <Text name="content" value="$sentence" granularity="word"/>
