@@ -1,7 +1,7 @@
 """A labelling session simulated through a real Label Studio, the gold labels as the person.
 
     python benchmarks/scripts/label_studio_session.py MODEL DATA OUTPUT
-        [--modes learning frozen] [--retrain-every 50] [--steps 300] [--block 50]
+        [--modes frozen learning] [--retrain-every 50] [--steps 300] [--block 50]
 
 DATA is `label_studio_prepare.py`'s folder: `tasks.jsonl` (texts and gold entities) and
 `train.spacy` (MODEL's training data, mixed into each retraining). For each mode, the backend
@@ -228,6 +228,8 @@ def run_mode(
                     "seconds": round(time.perf_counter() - begin, 2),
                 }
             )
+            with (args.output / f"{mode}.partial.jsonl").open("a") as file_:
+                file_.write(json.dumps(records[-1]) + "\n")
             if mode == "learning" and number % args.retrain_every == 0 and number < len(tasks):
                 want = f"bilstm_crf-v{number // args.retrain_every}"
                 deadline = time.monotonic() + 3600
@@ -298,28 +300,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("data", type=Path)
     parser.add_argument("output", type=Path)
     parser.add_argument(
-        "--modes", nargs="+", choices=["learning", "frozen"], default=["learning", "frozen"]
+        "--modes", nargs="+", choices=["learning", "frozen"], default=["frozen", "learning"]
     )
     parser.add_argument("--retrain-every", type=int, default=50)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--block", type=int, default=50)
     parser.add_argument("--tasks", type=int, default=600)
     parser.add_argument("--plot", type=Path, default=Path("results/label_studio_session.png"))
+    parser.add_argument("--report-only", action="store_true", help="the table and plot only")
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     lines = (args.data / "tasks.jsonl").read_text(encoding="utf8").splitlines()
     tasks = [json.loads(line) for line in lines][: args.tasks]
     runs = {}
-    with label_studio_app.running(args.output / "label_studio") as app:
-        for mode in args.modes:
-            path = args.output / f"{mode}.jsonl"
-            if path.exists():
-                runs[mode] = [json.loads(line) for line in path.read_text().splitlines()]
-                continue
-            records = run_mode(mode, args, app, tasks)
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
-            runs[mode] = records
-    runs["none"] = [{"actions": len(task["entities"])} for task in tasks]
+    if not args.report_only:
+        with label_studio_app.running(args.output / "label_studio") as app:
+            for mode in args.modes:
+                path = args.output / f"{mode}.jsonl"
+                if path.exists():
+                    continue
+                (args.output / f"{mode}.partial.jsonl").unlink(missing_ok=True)
+                records = run_mode(mode, args, app, tasks)
+                path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for mode in args.modes:  # a run stopped early reports the blocks it finished
+        for name in (f"{mode}.jsonl", f"{mode}.partial.jsonl"):
+            if (args.output / name).exists():
+                lines = (args.output / name).read_text().splitlines()
+                runs[mode] = [json.loads(line) for line in lines]
+                break
+    if not runs:
+        raise SystemExit(f"nothing to report in {args.output}")
+    done = min(len(records) for records in runs.values()) // args.block * args.block
+    runs = {mode: records[:done] for mode, records in runs.items()}
+    runs["none"] = [{"actions": len(task["entities"])} for task in tasks[:done]]
     report(args, runs)
     return 0
 
