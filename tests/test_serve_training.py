@@ -255,6 +255,12 @@ def test_a_signal_stops_the_server_cleanly_with_the_journal_intact(tmp_path, sig
             answer = post(f"http://127.0.0.1:{port}/webhook", event(i + 1, i + 1, TAUGHT, GOLD))
             assert answer["journal"] == i + 1
         assert wait_for(lambda: get(f"http://127.0.0.1:{port}/health")["training"], 60)
+        body = {"tasks": [{"id": 1, "data": {"text": TAUGHT}}], "label_config": CONFIG}
+        begin = time.monotonic()  # training never holds up a prediction
+        answer = post(f"http://127.0.0.1:{port}/predict", body)
+        assert answer["results"][0]["model_version"] == "bilstm_crf-v0"
+        assert time.monotonic() - begin < 10
+        assert get(f"http://127.0.0.1:{port}/health")["training"]
         server.send_signal(signum)
         _, errors = server.communicate(timeout=60)
     finally:
