@@ -61,8 +61,10 @@ def test_a_line_is_reached_where_the_curve_stays_above_it() -> None:
 def test_where_a_strategy_stops_adding_labels() -> None:
     growing = points((0.02, 70, 0.1), (0.04, 75, 0.2), (0.06, 80, 0.3))
     assert report.stopped_at(growing) is None
-    flat = points((0.02, 70, 0.1), (0.04, 75, 0.2), (0.05, 80, 0.3), (0.05, 81, 0.3))
-    assert report.stopped_at(flat).share == 0.05
+    flat = points((0.02, 70, 0.1), (0.04, 75, 0.2), (0.049, 80, 0.3), (0.05, 81, 0.3))
+    assert report.stopped_at(flat).share == 0.04  # +0.9% is under half of the first +2%
+    slowing = points((0.02, 70, 0.1), (0.04, 75, 0.2), (0.055, 80, 0.3), (0.056, 81, 0.3))
+    assert report.stopped_at(slowing).share == 0.055
 
 
 def test_f1_at_equal_tokens_shown_is_read_between_rounds() -> None:

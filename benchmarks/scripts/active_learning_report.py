@@ -108,11 +108,13 @@ def tokens_to_reach(points: list[Point], level: float, pool: int) -> str:
 
 
 def stopped_at(points: list[Point]) -> Point | None:
-    """The round after which the tokens reviewed stopped growing, if they did: the strategy
-    found nothing more to label."""
-    for before, after in zip(points, points[1:]):
-        if after.share <= before.share + 1e-9:
-            return before
+    """The round after which the tokens reviewed stopped growing as the schedule asks (a
+    round that adds less than half of what the first round added), if they did: the strategy
+    found too little left to label."""
+    gains = [after.share - before.share for before, after in zip(points, points[1:])]
+    for point, gain in zip(points, gains):
+        if gain < 0.5 * gains[0]:
+            return point
     return None
 
 
