@@ -1,8 +1,9 @@
 """`python -m spacy_bilstm_crf COMMAND ...`: the package's commands.
 
 `convert` (CoNLL files to `.spacy`), `annotate` (a dataset, in resumable shards), `calibrate`
-(entity probabilities), `select` (what to annotate next) and `ingest` (the answers back as
-training data). A bad setting or input is one line on stderr and exit code 2.
+(entity probabilities), `select` (what to annotate next), `ingest` (the answers back as
+training data) and `serve` (a Label Studio ML backend). A bad setting or input is one line
+on stderr and exit code 2.
 """
 
 import argparse
@@ -12,9 +13,10 @@ from collections.abc import Sequence
 from ..active.formats import FormatError
 from ..annotate import AnnotateError, Interrupted
 from ..calibration import CalibrationError
-from . import annotate, calibrate, convert, ingest, select
+from ..serve.server import ServeError
+from . import annotate, calibrate, convert, ingest, select, serve
 
-COMMANDS = (convert, annotate, calibrate, select, ingest)
+COMMANDS = (convert, annotate, calibrate, select, ingest, serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (AnnotateError, CalibrationError, FormatError) as error:
+    except (AnnotateError, CalibrationError, FormatError, ServeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
