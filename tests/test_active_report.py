@@ -3,6 +3,7 @@ means over seeds, when a curve reaches a line and stays there, where labels stop
 tokens shown, and the area under the curve."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,20 @@ def test_table_names_the_full_line_the_equal_shown_comparison_and_the_stop() -> 
     sentence_row = [line for line in lines if line.startswith("| sentences by")][1]
     # 5%, 10%, 20% (between 89 at 10% and 90 at 30%) and 30% shown
     assert sentence_row.split(" | ")[1:] == ["80.00", "89.00", "89.50", "90.00 |"]
+
+
+def test_read_runs_keeps_only_the_seeds_asked_for(tmp_path: Path) -> None:
+    """A seed still running (fewer rounds) must not cut the finished seeds' curves."""
+    for name, rounds in (("random-0", 3), ("random-1", 1), ("full-0", 1)):
+        (tmp_path / name).mkdir()
+        lines = [
+            json.dumps({"strategy": name.split("-")[0], **record(0.1 * (i + 1), 0.8, 100, 1)})
+            for i in range(rounds)
+        ]
+        (tmp_path / name / "results.jsonl").write_text("\n".join(lines) + "\n")
+    every = report.read_runs(tmp_path)
+    assert [len(seed) for seed in every["random"]] == [3, 1]
+    assert len(report.curve(every["random"])) == 1
+    chosen = report.read_runs(tmp_path, [0])
+    assert [len(seed) for seed in chosen["random"]] == [3] and len(chosen["full"]) == 1
+    assert len(report.curve(chosen["random"])) == 3

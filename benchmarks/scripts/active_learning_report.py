@@ -42,10 +42,13 @@ NAMES = {
 }
 
 
-def read_runs(folder: Path) -> dict[str, list[list[dict]]]:
-    """Per strategy, each seed's rounds, from `folder/STRATEGY-SEED/results.jsonl`."""
+def read_runs(folder: Path, seeds: Sequence[int] | None = None) -> dict[str, list[list[dict]]]:
+    """Per strategy, each seed's rounds, from `folder/STRATEGY-SEED/results.jsonl` (only the
+    given seeds, so that a seed still running does not cut the others' curves)."""
     runs: dict[str, list[list[dict]]] = {}
     for results in sorted(folder.glob("*-*/results.jsonl")):
+        if seeds is not None and int(results.parent.name.rsplit("-", 1)[1]) not in seeds:
+            continue
         rounds = [json.loads(line) for line in results.read_text().splitlines() if line]
         if rounds:
             runs.setdefault(rounds[0]["strategy"], []).append(rounds)
@@ -253,8 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strategies", nargs="+", help="the runs to show, by name (default: all; full always)"
     )
+    parser.add_argument("--seeds", type=int, nargs="+", help="the seeds to read (default: all)")
     args = parser.parse_args(argv)
-    runs = read_runs(args.runs)
+    runs = read_runs(args.runs, args.seeds)
     if args.strategies:
         runs = {name: seeds for name, seeds in runs.items() if name in {*args.strategies, "full"}}
     title = args.title or args.runs.name
