@@ -11,11 +11,11 @@ and the tasks are labelled in order, as a person in the labelling stream would:
 1. the task's prediction is retrieved through Label Studio (the data manager's action, which
    calls the backend's /setup and /predict) from the version the backend serves then;
 2. the person fixes the first error in reading order, one action per entity-level fix, as
-   in issue 37's correction-propagation benchmark: remove a spurious entity, add a missing
-   one, relabel one, move its boundaries (a wrong span with a wrong label costs both); after
-   each action the text is re-decoded through Label Studio's interactive-annotating API
-   under every fix so far (the fixed entities, the removed regions and what a moved boundary
-   left, and what was read before the fix: right as it is);
+   in `correction_propagation.py`: remove a spurious entity, add a missing one, relabel one,
+   move its boundaries (a wrong span with a wrong label costs both); after each action the
+   text is re-decoded through Label Studio's interactive-annotating API under every fix so
+   far (the fixed entities, the removed regions and what a moved boundary left, and what
+   was read before the fix: right as it is);
 3. the gold answer is submitted through Label Studio, whose webhook reaches the backend.
 
 `learning`: the backend retrains every `--retrain-every` answers; the session waits for the
@@ -55,7 +55,8 @@ def overlaps(a: tuple[int, int, str] | tuple[int, int], b: tuple) -> bool:
 
 def first_error(pred: set[Ent], gold: set[Ent]) -> tuple[int, Ent | None, Ent | None] | None:
     """The first discrepancy in reading order, with the predicted and gold entities it
-    concerns (a pair that overlap when there is one), or None (as issue 37's benchmark)."""
+    concerns (a pair that overlap when there is one), or None (as in
+    `correction_propagation.py`)."""
     spurious, missing = sorted(pred - gold), sorted(gold - pred)
     wrong = sorted([(p[0], p[1], 0, p) for p in spurious] + [(g[0], g[1], 1, g) for g in missing])
     if not wrong:

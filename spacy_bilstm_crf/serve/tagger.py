@@ -86,10 +86,10 @@ class Tagger:
         self, text: str, entities: list[tuple[int, int, str]], outside: list[tuple[int, int]]
     ) -> Found:
         """The best analysis of `text` under a person's fixes (their entities exactly, their
-        `outside` regions in no entity), by the CRF's constrained decoding (issue 37's
-        `decode_around`): the fixed entities with probability 1, the others with their
-        probabilities given the fixes; the score as `predict`'s, given the fixes. A
-        ValueError names fixes that overlap or that no analysis satisfies together."""
+        `outside` regions in no entity), by the CRF's constrained decoding (`decode_around`):
+        the fixed entities with probability 1, the others with their probabilities given the
+        fixes; the score as `predict`'s, given the fixes. A ValueError names fixes that
+        overlap or that no analysis satisfies together."""
         from ..pipeline.interactive import decode_around
 
         with self._lock:
