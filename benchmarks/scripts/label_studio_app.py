@@ -153,9 +153,10 @@ class LabelStudio:
 
 @contextlib.contextmanager
 def running(
-    data: Path, command: Path | None = None, port: int | None = None
+    data: Path, command: Path | None = None, port: int | None = None, start_timeout: float = 900
 ) -> Iterator[LabelStudio]:
-    """Label Studio on 127.0.0.1 with data in `data` (new), until the block ends."""
+    """Label Studio on 127.0.0.1 with data in `data` (new), until the block ends. Its first
+    start migrates a new database: over 300 s on a 2-core machine busy with other jobs."""
     command = command or install()
     port = port or free_port()
     env = {
@@ -177,7 +178,7 @@ def running(
     process = subprocess.Popen(arguments, env=env, stdout=log, stderr=subprocess.STDOUT)
     app = LabelStudio(f"http://127.0.0.1:{port}", process)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + start_timeout
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"Label Studio stopped: see {data / 'label_studio.log'}")
@@ -185,7 +186,7 @@ def running(
                 if app.api("GET", "/api/projects", timeout=5) is not None:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Label Studio did not start in 300 s: {data}")
+                raise RuntimeError(f"Label Studio did not start in {start_timeout:.0f} s: {data}")
             time.sleep(1)
         yield app
     finally:
