@@ -141,11 +141,14 @@ def test_random_presets_never_contradict_the_known_annotation(scheme: str) -> No
     labels = ["A", "B"]
     names = tag_names(labels, scheme)
     rng, generator = random.Random(1), numpy.random.default_rng(1)
-    for trial in range(60):
+    clicks = {label: numpy.asarray([n[2:] == label for n in names]) for label in labels}
+    clicked = 0
+    for trial in range(80):
         ids = partial_gold(names, scheme, rng, rng.randint(1, 5))
         sets = random_presets(ids, labels, scheme, 1.0, 1.0, generator)
         for path in completions(names, ids, scheme):
             assert sets[numpy.arange(len(ids)), path].all(), (trial, ids, path)
+        clicked += sum((row == click).all() for row in sets for click in clicks.values())
         full = list(completions(names, ids, scheme)[0])
         shown = random_presets(full, labels, scheme, 1.0, 1.0, ShowAll())
         left = [
@@ -154,6 +157,7 @@ def test_random_presets_never_contradict_the_known_annotation(scheme: str) -> No
             if shown[numpy.arange(len(full)), path].all()
         ]
         assert left == [tuple(full)], (trial, full)
+    assert clicked  # some entities are shown as a click inside them
 
 
 def test_missing_tokens_are_never_shown_as_outside() -> None:
@@ -170,12 +174,26 @@ def test_random_presets_follow_their_rates() -> None:
     ids = [4, 0] * 50  # U-A O, 50 entities and 50 outside tokens
     generator = numpy.random.default_rng(0)
     assert all(random_presets(ids, labels, scheme, 0.0, 1.0, generator) is None for _ in range(50))
-    drawn = [random_presets(ids, labels, scheme, 0.3, 0.5, generator) for _ in range(2000)]
+    drawn = [random_presets(ids, labels, scheme, 0.3, 0.5, generator, 0.0) for _ in range(2000)]
     shown = [sets for sets in drawn if sets is not None]
     assert len(shown) / len(drawn) == pytest.approx(0.3, abs=0.03)
     fixed = numpy.asarray([(sets.sum(1) == 1).mean() for sets in shown])  # one tag left
     assert fixed.max() < 0.7 and fixed.mean() == pytest.approx(0.25, abs=0.02)
     assert random_presets([], labels, scheme, 1.0, 1.0, generator) is None
+
+
+def test_a_checked_stretch_is_a_prefix_of_the_doc() -> None:
+    """With no rate, what is shown is all that is known before a random token."""
+    ids = [4, 0, 1, 3, 0] * 10  # BILUO, one label: U-A O B-A L-A O
+    generator = numpy.random.default_rng(0)
+    reads = set()
+    for _ in range(200):
+        sets = random_presets(ids, ["A"], "BILUO", 1.0, 0.0, generator, 0.5)
+        fixed = sets.sum(1) == 1  # shape: (T,)
+        read = int(fixed.sum())  # an entity the stretch cuts is not shown
+        assert fixed[:read].all() and not fixed[read:].any()
+        reads.add(read)
+    assert 0 in reads and len(reads) > 10
 
 
 def test_features_are_the_tags_ruled_out() -> None:

@@ -7,8 +7,9 @@ vector, which tags the token may not take: one column per tag, 1 where the const
 the tag out, all 0 for a free token (the same `(T, K)` tag sets the CRF decodes under, see
 `tag_sets.py`). A fixed token then tells its context what it is. The columns skip the input
 dropout. In training the pipe shows each doc random gold presets (`train/random_presets.py`):
-a share `preset_docs` of the docs, each of its known entities and outside tokens with a
-probability drawn up to `preset_rate`, so that the model learns to use them and to do without.
+a share `preset_docs` of the docs, each of its known entities (or a click in it) and outside
+tokens with a probability drawn up to `preset_rate`, and sometimes a checked stretch, so that
+the model learns to use them and to do without.
 
 The model's input is a `PresetInput` (the docs, and per doc its tag sets or None); callers
 use `model_input` or `predict`, which give each architecture what it reads.
@@ -49,7 +50,8 @@ def build_bilstm_crf_v2(
 ) -> Model[PresetInput, list[Floats2d]]:
     """`BiLSTMCRF.v1` (the same settings) whose BiLSTM also reads the tags each token's
     presets rule out. Training shows a share `preset_docs` of the docs random gold presets,
-    each known entity and outside token with a probability drawn from [0, `preset_rate`]."""
+    each known entity and outside token with a probability drawn from [0, `preset_rate`]
+    (see `train/random_presets.py`)."""
     for name, value in (("preset_docs", preset_docs), ("preset_rate", preset_rate)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}.")

@@ -1,11 +1,15 @@
 """Random gold presets for training a tagger that reads them (`BiLSTMCRF.v2`).
 
-A doc is shown presets with probability `docs_share`; it then shows each of its complete known
-entities, and each of its known outside tokens, with one probability drawn for the doc
-uniformly from [0, `max_rate`]. Docs without presets, and few presets, are common, so that
-the model learns to use them and still tags well without. Only known annotation is shown:
-never a token whose gold tag is missing (-1), nor an entity whose extent is not known (a
-token of it missing; in BIO also a missing token right after it, which might continue it).
+A doc is shown presets with probability `docs_share`; it then shows, with one rate drawn for
+the doc uniformly from [0, `max_rate`], each of its complete known entities (else, at the same
+rate, one of its tokens as a click: inside an entity of its label) and each of its known
+outside tokens; and with probability `prefix_share` all it knows before a random token, as a
+person who corrects a text in reading order has checked it. Docs without presets, and few
+presets, are common, so that the model learns to use them and still tags well without; the
+kinds are those the component and `decode_around` hand the model (entities, outside tokens,
+clicks, a checked stretch). Only known annotation is shown: never a token whose gold tag is
+missing (-1), nor an entity whose extent is not known (a token of it missing; in BIO also a
+missing token right after it, which might continue it).
 
 NumPy only: gold tag ids in (`gold.gold_tag_ids`), tag sets out (`tag_sets.TagSets`).
 """
@@ -55,6 +59,7 @@ def random_presets(
     docs_share: float,
     max_rate: float,
     random: Any = numpy.random,
+    prefix_share: float = 0.5,
 ) -> numpy.ndarray | None:
     """The tag sets `(T, K)` of a random part of a doc's known gold annotation (`ids`, -1
     where missing), or None when the doc shows none. `random`: numpy's global generator
@@ -63,12 +68,17 @@ def random_presets(
     if not len(ids) or random.random() >= docs_share:
         return None
     rate = random.uniform(0.0, max_rate)
+    read = int(random.random() * (len(ids) + 1)) if random.random() < prefix_share else 0
     sets = TagSets(labels, len(ids), scheme)
     entities = known_entities(ids, scheme)
-    for (start, end, label), shown in zip(entities, random.random(len(entities)) < rate):
-        if shown:
+    draws = random.random((len(entities), 2)) < rate  # shape: (E, 2): fixed, clicked
+    for (start, end, label), (fixed, clicked) in zip(entities, draws):
+        if fixed or end <= read:
             sets.entity(start, end, labels[label])
+        elif clicked:
+            sets.inside(start + int(random.random() * (end - start)), [labels[label]])
     outside = numpy.flatnonzero(ids == 0)
-    for position in outside[random.random(len(outside)) < rate]:
+    shown = (random.random(len(outside)) < rate) | (outside < read)
+    for position in outside[shown]:
         sets.outside(int(position), int(position) + 1)
     return sets.allowed
