@@ -13,8 +13,7 @@ How data flows, and where:
 - `tags.py`: tag schemes (BIO, BILUO), tag names and the CRF's allowed moves. No torch.
 - `tag_sets.py`: per-token tag sets from known spans, the constraints the CRF decodes under.
 - `nn/`: the PyTorch modules, BiLSTM and CRF with its algorithms; nothing of spaCy or thinc.
-- `ml/`: thinc architectures: token features, `BiLSTMCRF.v1` and `.v2` (which also reads
-  the presets), and the CRF operations.
+- `ml/`: thinc architectures: token features and `BiLSTMCRF.v1`, and the CRF operations.
 - `pipeline/`: the `bilstm_crf` component, which decodes around entities set before it, and
   `decode_around` (the best analyses under a person's fixes); it never does CRF maths itself.
 - `train/`: CoNLL reading, gold tags for training, config callbacks.
@@ -27,7 +26,6 @@ How data flows, and where:
 # Public name -> the module that defines it.
 _EXPORTS = {
     "build_bilstm_crf": ".ml",
-    "build_bilstm_crf_v2": ".ml",
     "build_concat_features": ".ml",
     "build_projected_embed": ".ml",
     "build_word_char_embed": ".ml",

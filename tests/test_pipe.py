@@ -348,21 +348,6 @@ def test_entry_point_keys_equal_registered_names() -> None:
                 assert table.get(ep.name) is loaded
 
 
-def test_pyproject_entry_point_keys_equal_registered_names() -> None:
-    """The same from pyproject.toml itself, which an installed copy's metadata may predate."""
-    import importlib
-
-    from spacy.util import registry
-
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    points = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["entry-points"]
-    assert "spacy-bilstm-crf.BiLSTMCRF.v2" in points["spacy_architectures"]
-    for name, target in points["spacy_architectures"].items():
-        module, _, attr = target.partition(":")
-        assert registry.architectures.get(name) is getattr(importlib.import_module(module), attr)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
 def test_trains_and_predicts_on_gpu() -> None:
     spacy.require_gpu()

@@ -1,7 +1,6 @@
 """The component decodes around what earlier components set, and `decode_around` around what a
 person fixed: each against brute force over every tag sequence of the doc, scored with the
-trained model's own emissions and transitions (for `BiLSTMCRF.v2`, emissions that read the
-same constraints)."""
+trained model's own emissions and transitions."""
 
 import itertools
 import math
@@ -19,8 +18,6 @@ from spacy_bilstm_crf import decode_around
 from spacy_bilstm_crf.annotate import annotate
 from spacy_bilstm_crf.annotate.shards import read_shard
 from spacy_bilstm_crf.ml import bilstm_crf as bilstm_crf_model
-from spacy_bilstm_crf.ml import preset_features
-from spacy_bilstm_crf.tag_sets import TagSets
 from spacy_bilstm_crf.tags import split_tag
 
 TRAIN_DATA = [
@@ -38,26 +35,12 @@ SMALL_MODEL = {
 pytestmark = pytest.mark.xdist_group("presets")
 
 
-# The v2 model: the same, its BiLSTM also reading the presets.
-READING_MODEL = {
-    **SMALL_MODEL,
-    "@architectures": "spacy-bilstm-crf.BiLSTMCRF.v2",
-    "tok2vec": {
-        "@architectures": "spacy-bilstm-crf.WordCharEmbed.v2",
-        "attrs": ["NORM", "PREFIX", "SUFFIX", "SHAPE"],
-        **SMALL_MODEL["tok2vec"],
-    },
-}
-
-
-@pytest.fixture(scope="module", params=["BIO", "BILUO", "BILUO-v2"])
+@pytest.fixture(scope="module", params=["BIO", "BILUO"])
 def trained(request) -> Language:
-    """A small pipeline overfit on TRAIN_DATA, in each scheme, and one that reads presets."""
+    """A small pipeline overfit on TRAIN_DATA, in each scheme."""
     torch.manual_seed(0)
-    scheme, _, version = request.param.partition("-")
-    model = READING_MODEL if version else SMALL_MODEL
     nlp = spacy.blank("en")
-    nlp.add_pipe("bilstm_crf", config={"scheme": scheme, "model": model})
+    nlp.add_pipe("bilstm_crf", config={"scheme": request.param, "model": SMALL_MODEL})
     examples = [Example.from_dict(nlp.make_doc(text), ann) for text, ann in TRAIN_DATA]
     optimizer = nlp.initialize(lambda: examples)
     for _ in range(100):
@@ -97,16 +80,12 @@ def entities_of(tags: list[str]) -> list[tuple[int, int, str]]:
     return found
 
 
-def analyses(
-    nlp: Language, doc: Doc, sets: TagSets | None = None
-) -> list[tuple[float, list[tuple[int, int, str]]]]:
-    """Every allowed tag sequence of `doc` (one segment) as (log probability, entities), the
-    emissions of a model that reads presets given the constraints `sets`."""
+def analyses(nlp: Language, doc: Doc) -> list[tuple[float, list[tuple[int, int, str]]]]:
+    """Every allowed tag sequence of `doc` (one segment) as (log probability, entities)."""
     ner = nlp.get_pipe("bilstm_crf")
     crf = bilstm_crf_model.torch_module(ner.model).crf
     trans, start, end = (s.detach().double().numpy() for s in crf._scores(torch.float64))
-    allowed = None if sets is None else sets.allowed
-    emissions = preset_features.predict(ner.model, [doc], [allowed])[0].astype("float64")
+    emissions = numpy.asarray(ner.model.predict([doc])[0], dtype="float64")
     paths = numpy.asarray(list(itertools.product(range(crf.num_tags), repeat=len(doc))))
     steps = numpy.arange(len(doc))
     scores = emissions[steps, paths].sum(1) + start[paths[:, 0]] + end[paths[:, -1]]
@@ -129,15 +108,8 @@ def agrees(found: list, fixed: list, outside: set[int]) -> bool:
 
 def best_under(nlp, doc, fixed, outside=frozenset()) -> tuple[list, list]:
     """The best analysis agreeing with the presets, and all that agree (best first)."""
-    ner = nlp.get_pipe("bilstm_crf")
-    sets = TagSets(ner.labels, len(doc), ner.cfg["scheme"])
-    for start, end, label in fixed:
-        sets.entity(start, end, label)
-    for token in outside:
-        sets.outside(token, token + 1)
     ok = sorted(
-        (a for a in analyses(nlp, doc, sets) if agrees(a[1], fixed, set(outside))),
-        key=lambda a: -a[0],
+        (a for a in analyses(nlp, doc) if agrees(a[1], fixed, set(outside))), key=lambda a: -a[0]
     )
     return ok[0][1], ok
 
@@ -272,12 +244,8 @@ def test_a_click_is_completed_into_an_entity(trained: Language) -> None:
     result = decode_around(trained.get_pipe("bilstm_crf"), doc, clicks=[(22, "LOC")])
     clicked = [e for e in result.entities if e.start_char <= 22 < e.end_char]
     assert len(clicked) == 1 and clicked[0].label == "LOC" and clicked[0].source == "click"
-    ner = trained.get_pipe("bilstm_crf")
-    sets = TagSets(ner.labels, len(doc), ner.cfg["scheme"]).inside(4, ["LOC"])
     inside = [
-        a
-        for a in analyses(trained, doc, sets)
-        if any(s <= 4 < e and lab == "LOC" for s, e, lab in a[1])
+        a for a in analyses(trained, doc) if any(s <= 4 < e and lab == "LOC" for s, e, lab in a[1])
     ]
     best = max(inside, key=lambda a: a[0])[1]
     assert ents(result.doc) == sorted(best)

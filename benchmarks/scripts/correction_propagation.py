@@ -12,9 +12,7 @@ read (everything before the fix, as it is: right). With clicks, an added entity 
 first token with its label (the token lies inside an entity of that label) and the CRF
 completes the span; a wrong completion costs the fixes that follow. spaCy's `ner` gets the same
 person, fixes given as preset entities and blocked tokens, which it decodes around; it has no
-way to take a click. Sentences are decoded alone, their texts tokenized by the pipeline. A
-tagger whose BiLSTM reads the presets (`BiLSTMCRF.v2`) also reads every fix so far: its
-emission scores are computed again after each action, under the constraints it decodes under.
+way to take a click. Sentences are decoded alone, their texts tokenized by the pipeline.
 
 Usage: python benchmarks/scripts/correction_propagation.py TEST.spacy OUT.md
     --tagger NAME=PATH [--tagger ...] [--ner NAME=PATH]
@@ -34,7 +32,7 @@ import torch
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin, Span
 
-from spacy_bilstm_crf.ml import crf_ops, preset_features
+from spacy_bilstm_crf.ml import crf_ops
 from spacy_bilstm_crf.pipeline.spans import read_entities
 from spacy_bilstm_crf.tag_sets import TagSets
 
@@ -123,14 +121,16 @@ class Session:
 
 
 def tagger_runner(nlp: Language) -> Callable:
-    """Decode sentences under their sessions' fixes with the tagger's CRF (emissions once, or
-    after every fix for a tagger that reads them)."""
+    """Decode sentences under their sessions' fixes with the tagger's CRF (emissions once)."""
     pipe = nlp.get_pipe("ner")
     labels, scheme = list(pipe.labels), pipe.cfg["scheme"]
-    reads = preset_features.reads_presets(pipe.model)
     cache: dict[int, numpy.ndarray] = {}
 
     def decode(docs: list[Doc], sessions: list[Session], indices: list[int]) -> list[set[Ent]]:
+        missing = [i for i in indices if i not in cache]
+        if missing:
+            for i, scores in zip(missing, pipe.model.predict([docs[i] for i in missing])):
+                cache[i] = scores
         sets = []
         for i in indices:
             allowed = TagSets(labels, len(docs[i]), scheme)
@@ -151,11 +151,6 @@ def tagger_runner(nlp: Language) -> Callable:
                 elif kind == "click":
                     allowed.inside(value[0], [value[1]])
             sets.append(allowed.allowed)
-        missing = [(i, s) for i, s in zip(indices, sets) if reads or i not in cache]
-        if missing:
-            batch = [docs[i] for i, _ in missing]
-            found = preset_features.predict(pipe.model, batch, [s for _, s in missing])
-            cache.update((i, scores) for (i, _), scores in zip(missing, found))
         paths, _ = crf_ops.tagger_decode(pipe.model, [cache[i] for i in indices], sets)
         out = []
         for path in paths:

@@ -7,13 +7,10 @@ are left out on both sides); (b) an `entity_ruler` built from the training set (
 seen at least `--min-count` times whose commonest label has at least `--min-share` of them),
 scored on every entity. Each for `bilstm_crf` decoding around the presets (`presets`
 "fixed"), keeping and dropping ("keep"), and spaCy's `ner` with the same presets before it;
-and each system alone. `--also NAME=PATH` evaluates more `bilstm_crf` pipelines the same
-way beside the first (such as one whose BiLSTM reads the presets, `BiLSTMCRF.v2`). Docs are
-the gold texts tokenized by each pipeline, as `spacy evaluate` reads them; entities are
-compared by their characters.
+and each system alone. Docs are the gold texts tokenized by each pipeline, as `spacy evaluate`
+reads them; entities are compared by their characters.
 
 Usage: python benchmarks/scripts/presets_eval.py TAGGER NER TRAIN.spacy TEST.spacy OUT.md
-    [--also NAME=PATH ...]
 """
 
 import argparse
@@ -114,13 +111,6 @@ def with_presets(docs: list[Doc], chosen: list[list[tuple[int, int, str]]]) -> l
     return docs
 
 
-def named(value: str) -> tuple[str, Path]:
-    name, sep, path = value.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
-    return name, Path(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tagger", type=Path, help="a bilstm_crf pipeline (component 'ner')")
@@ -128,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("train", type=Path)
     parser.add_argument("test", type=Path)
     parser.add_argument("output", type=Path)
-    parser.add_argument("--also", type=named, action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--share", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-count", type=int, default=2)
@@ -136,12 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    taggers = {name: spacy.load(path) for name, path in [("bilstm_crf", args.tagger), *args.also]}
-    for nlp in taggers.values():
-        nlp.get_pipe("ner").cfg["threads"] = 1
-    ner = spacy.load(args.ner)
-    first = next(iter(taggers.values()))
-    gold = gold_docs(args.test, first)
+    systems = {"tagger": spacy.load(args.tagger), "ner": spacy.load(args.ner)}
+    systems["tagger"].get_pipe("ner").cfg["threads"] = 1
+    gold = gold_docs(args.test, systems["tagger"])
     truth = entities(gold)
     rng = random.Random(args.seed)
     fixed = [
@@ -150,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     given = {(i, s, e, label) for i, spans in enumerate(fixed) for s, e, label in spans}
     rest = truth - given
-    train = gold_docs(args.train, first)
+    train = gold_docs(args.train, systems["tagger"])
     patterns = ruler_patterns(train, args.min_count, args.min_share)
     lines = [f"# Presets and tagger together: {args.title}", ""]
     notes: list[str] = []
@@ -172,35 +158,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(lines[-1], flush=True)
 
     outputs = {}
-    for name, nlp in [*taggers.items(), ("ner", ner)]:
+    for name, nlp in systems.items():
         alone, seconds = run(nlp, bare(gold, nlp))
         outputs[name] = entities(alone)
         row("none", f"{name} alone", alone, seconds, truth, set())
         row("(a) gold", f"{name} alone", alone, seconds, rest, given)
-    for name, nlp in taggers.items():
-        for how, presets in (("decode around", "fixed"), ("keep and drop", "keep")):
-            docs = with_presets(bare(gold, nlp), fixed)
-            row("(a) gold", f"{name}, {how}", *run(nlp, docs, presets), rest, given)
-    docs = with_presets(bare(gold, ner), fixed)
-    row("(a) gold", "spaCy ner, around", *run(ner, docs), rest, given)
-    for name, nlp in [*taggers.items(), ("ner", ner)]:
+    for name, presets in (
+        ("bilstm_crf, decode around", "fixed"),
+        ("bilstm_crf, keep and drop", "keep"),
+    ):
+        docs = with_presets(bare(gold, systems["tagger"]), fixed)
+        row("(a) gold", name, *run(systems["tagger"], docs, presets), rest, given)
+    docs = with_presets(bare(gold, systems["ner"]), fixed)
+    row("(a) gold", "spaCy ner, around", *run(systems["ner"], docs), rest, given)
+    for name, nlp in systems.items():
         ruler_nlp = spacy.blank(nlp.lang, vocab=nlp.vocab)
         ruler = ruler_nlp.add_pipe("entity_ruler")
         ruler.add_patterns(patterns)
         ruled = [ruler(doc) for doc in bare(gold, nlp)]
-        if name == "ner":
-            row("(b) ruler", "spaCy ner, around", *run(nlp, ruled), truth, set())
-            continue
-        matches = entities(ruled)
-        if nlp is first:
+        if name == "tagger":
             row("(b) ruler", "ruler alone", ruled, 0.0, truth, set())
+            matches = entities(ruled)
             right = len(matches & truth) / max(1, len(matches))
-            notes.append(f"The ruler's {len(matches):,} matches on test: {right:.1%} are gold.")
-        tagger = same_where(matches, outputs[name], truth) / max(1, len(matches))
-        notes.append(f"{name} alone has exactly the gold entities over {tagger:.1%} of them.")
-        for how, presets in (("decode around", "fixed"), ("keep and drop", "keep")):
-            copies = [doc.copy() for doc in ruled]
-            row("(b) ruler", f"{name}, {how}", *run(nlp, copies, presets), truth, set())
+            tagger = same_where(matches, outputs["tagger"], truth) / max(1, len(matches))
+            notes.append(
+                f"The ruler's {len(matches):,} matches on test: {right:.1%} are gold entities; "
+                f"the tagger alone has exactly the gold entities over {tagger:.1%} of them."
+            )
+            for label, presets in (
+                ("bilstm_crf, decode around", "fixed"),
+                ("bilstm_crf, keep and drop", "keep"),
+            ):
+                copies = [doc.copy() for doc in ruled]
+                row("(b) ruler", label, *run(nlp, copies, presets), truth, set())
+        else:
+            row("(b) ruler", "spaCy ner, around", *run(nlp, ruled), truth, set())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines + [""] + notes) + "\n", encoding="utf-8")
     print(*notes, sep="\n")

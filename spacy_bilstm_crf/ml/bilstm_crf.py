@@ -47,31 +47,7 @@ def build_bilstm_crf(
     (CRF likelihood plus token cross-entropy, with learned uncertainty weights). The tag count
     `nO`, the tag names and the scheme are set by the pipe before `initialize`.
     """
-    tagger = tagger_layer(hidden_width, depth, dropout, rnn, head, loss, nO)
-    return Model(
-        "bilstm_crf",
-        _forward,
-        init=init_model,
-        layers=[tok2vec, tagger],
-        refs={"tok2vec": tok2vec, "tagger": tagger},
-        dims={"nO": nO},
-        attrs={"max_length": max_length},
-    )
-
-
-def tagger_layer(
-    hidden_width: int,
-    depth: int,
-    dropout: float,
-    rnn: str,
-    head: str,
-    loss: str,
-    nO: int | None,
-    **attrs: Any,
-) -> Model[list[Floats2d], list[Floats2d]]:
-    """The layer that builds and runs the PyTorch BiLSTM-CRF (vectors -> emission scores per
-    segment); `attrs` adds settings of a later architecture version."""
-    return Model(
+    tagger: Model[list[Floats2d], list[Floats2d]] = Model(
         "bilstm_tagger",
         _tagger_forward,
         init=_tagger_init,
@@ -85,8 +61,16 @@ def tagger_layer(
             "loss": loss,
             "tag_names": None,
             "scheme": "BIO",
-            **attrs,
         },
+    )
+    return Model(
+        "bilstm_crf",
+        _forward,
+        init=_init,
+        layers=[tok2vec, tagger],
+        refs={"tok2vec": tok2vec, "tagger": tagger},
+        dims={"nO": nO},
+        attrs={"max_length": max_length},
     )
 
 
@@ -100,16 +84,14 @@ def set_tags(model: Model, tag_names: Sequence[str], scheme: str = "BIO") -> Non
         )
     tagger.attrs["tag_names"] = list(tag_names)
     tagger.attrs["scheme"] = scheme
-    if "preset_width" in tagger.attrs:  # a model that reads presets: one column per tag
-        tagger.attrs["preset_width"] = len(tag_names)
     for node in (model, tagger):
         node.set_dim("nO", len(tag_names), force=True)
 
 
 def build(model: Model, input_width: int) -> None:
-    """Create the PyTorch module for `input_width`-wide token vectors (tags must be set)."""
+    """Create the PyTorch module for `input_width`-wide vectors (tags must be set)."""
     tagger = model.get_ref("tagger")
-    tagger.set_dim("nI", input_width + preset_width(model), force=not is_built(model))
+    tagger.set_dim("nI", input_width, force=not is_built(model))
     tagger.initialize()
 
 
@@ -119,13 +101,8 @@ def is_built(model: Model) -> bool:
 
 
 def input_width(model: Model) -> int:
-    """Width of the token vectors the BiLSTM reads (besides any preset features)."""
-    return model.get_ref("tagger").get_dim("nI") - preset_width(model)
-
-
-def preset_width(model: Model) -> int:
-    """Width of the preset features beside the token vectors (0: the model reads none)."""
-    return model.get_ref("tagger").attrs.get("preset_width", 0)
+    """Width of the vectors the BiLSTM reads."""
+    return model.get_ref("tagger").get_dim("nI")
 
 
 def doc_segments(model: Model, docs: Sequence[Doc]) -> list[list[int]]:
@@ -133,8 +110,7 @@ def doc_segments(model: Model, docs: Sequence[Doc]) -> list[list[int]]:
     return [segment_lengths(doc, model.attrs["max_length"]) for doc in docs]
 
 
-def init_model(model: Model, X: list[Doc] | None = None, Y: Any = None) -> None:
-    """Initialize the tok2vec on sample docs `X` and build the tagger for its width."""
+def _init(model: Model, X: list[Doc] | None = None, Y: Any = None) -> None:
     tok2vec = model.get_ref("tok2vec")
     tok2vec.initialize(X=X)
     if tok2vec.has_dim("nO"):
@@ -149,16 +125,8 @@ def init_model(model: Model, X: list[Doc] | None = None, Y: Any = None) -> None:
 def _forward(
     model: Model, docs: list[Doc], is_train: bool
 ) -> tuple[list[Floats2d], Callable[[list[Floats2d]], Any]]:
-    vectors, backprop_vectors = model.get_ref("tok2vec")(docs, is_train)
-    emissions, backprop_tagged = tag_vectors(model, docs, vectors, is_train)
-    return emissions, lambda d_emissions: backprop_vectors(backprop_tagged(d_emissions))
-
-
-def tag_vectors(
-    model: Model, docs: list[Doc], vectors: list[Floats2d], is_train: bool
-) -> tuple[list[Floats2d], Callable[[list[Floats2d]], list[Floats2d]]]:
-    """Each doc's vectors cut into its segments, through the tagger: emission scores per
-    segment, and the way back from their gradients to those of each doc's vectors."""
+    tok2vec, tagger = model.get_ref("tok2vec"), model.get_ref("tagger")
+    vectors, backprop_vectors = tok2vec(docs, is_train)
     lengths = doc_segments(model, docs)
     pieces = [
         piece
@@ -167,16 +135,16 @@ def tag_vectors(
             [array] if len(sizes) == 1 else model.ops.unflatten(array, model.ops.asarray1i(sizes))
         )
     ]
-    emissions, backprop_emissions = model.get_ref("tagger")(pieces, is_train)
+    emissions, backprop_emissions = tagger(pieces, is_train)
 
-    def backprop(d_emissions: list[Floats2d]) -> list[Floats2d]:
+    def backprop(d_emissions: list[Floats2d]) -> Any:
         d_pieces = backprop_emissions(d_emissions)
         d_vectors, start = [], 0
         for array, sizes in zip(vectors, lengths):
             own = d_pieces[start : start + len(sizes)]
             start += len(sizes)
             d_vectors.append(model.ops.flatten(own) if own else model.ops.alloc2f(*array.shape))
-        return d_vectors
+        return backprop_vectors(d_vectors)
 
     return emissions, backprop
 
@@ -197,7 +165,6 @@ def _tagger_init(model: Model, X: Any = None, Y: Any = None) -> None:
         rnn=model.attrs["rnn"],
         head=model.attrs["head"],
         loss=model.attrs["loss"],
-        undropped=model.attrs.get("preset_width", 0),
     )
     model._layers.append(torch_wrapper(module, _convert_inputs, _convert_outputs))
 
@@ -252,7 +219,7 @@ def torch_threads(model: Model, threads: int) -> Iterator[None]:
 # contradicts the saved weights.
 MODEL_ATTRS = ("hidden_width", "depth", "rnn", "head", "loss")
 # Settings that only act while running: the config's values win over the saved ones.
-RUNTIME_ATTRS = ("max_length", "dropout", "word_dropout", "rate", "preset_docs", "preset_rate")
+RUNTIME_ATTRS = ("max_length", "dropout", "word_dropout", "rate")
 
 
 def load_bytes(model: Model, data: bytes) -> None:

@@ -37,9 +37,7 @@ class BiLSTMTagger(nn.Module):
     `forward` takes the tokens of several sequences concatenated, `(N, input_size)`, and their
     lengths (all positive, summing to `N`), and returns emission scores `(N, num_tags)` in the
     same order. Padding is internal and never reaches the RNN (packed sequences). `loss` and
-    `decode` take the scores padded batch-first, `(B, T, K)`, with a bool mask. The last
-    `undropped` of the `input_size` columns skip the input dropout (exact side information,
-    such as which tags a token may take, that dropout would only blur).
+    `decode` take the scores padded batch-first, `(B, T, K)`, with a bool mask.
     """
 
     def __init__(
@@ -53,7 +51,6 @@ class BiLSTMTagger(nn.Module):
         rnn: str = "lstm",
         head: str = "crf",
         loss: str = "crf",
-        undropped: int = 0,
     ) -> None:
         super().__init__()
         if hidden_size % 2:
@@ -63,9 +60,7 @@ class BiLSTMTagger(nn.Module):
         _check_choice("loss", loss, LOSSES)
         if head == "softmax" and loss != "crf":
             raise ValueError("loss='crf+ce' needs head='crf'; the softmax head uses cross-entropy.")
-        if not 0 <= undropped <= input_size:
-            raise ValueError(f"undropped must be in [0, {input_size}], got {undropped}.")
-        self.head, self.loss_kind, self.undropped = head, loss, undropped
+        self.head, self.loss_kind = head, loss
         self.dropout = nn.Dropout(dropout)
         self.rnn = RNNS[rnn](
             input_size,
@@ -85,12 +80,7 @@ class BiLSTMTagger(nn.Module):
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Emission scores for concatenated sequences; `lengths` is a CPU long tensor."""
-        if self.undropped:
-            kept = tokens.shape[1] - self.undropped
-            tokens = torch.cat([self.dropout(tokens[:, :kept]), tokens[:, kept:]], 1)  # (N, D)
-        else:
-            tokens = self.dropout(tokens)
-        hidden = self.encode(tokens, lengths)
+        hidden = self.encode(self.dropout(tokens), lengths)
         return self.projection(self.dropout(hidden))  # shape: (N, K)
 
     def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:

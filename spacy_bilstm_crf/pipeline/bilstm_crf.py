@@ -19,11 +19,10 @@ from thinc.api import Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d
 
 from ..ml import bilstm_crf as bilstm_crf_model
-from ..ml import crf_ops, preset_features
+from ..ml import crf_ops
 from ..ml.segments import split_by
 from ..tags import tag_names
 from ..train.gold import UnknownLabelError, gold_tag_ids, restart_segments
-from ..train.random_presets import random_presets
 from . import presets
 from .analyses import Analysis, Piece, Predictions, best_analyses, entity_probs
 from .known_entities import training_keys
@@ -182,9 +181,8 @@ class BiLSTMCRFTagger(TrainablePipe):
         docs = list(docs)
         self._require_built()
         with bilstm_crf_model.torch_threads(self.model, self._threads()):
-            fixed = self._fixed(docs)
-            emissions = preset_features.predict(self.model, docs, fixed)
-            return self._predictions(docs, emissions, fixed)
+            emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
+            return self._predictions(docs, emissions, self._fixed(docs))
 
     def analyze(
         self, docs: Iterable[Doc], unit: str = "doc", marginals: bool = True, best: bool = True
@@ -198,8 +196,8 @@ class BiLSTMCRFTagger(TrainablePipe):
         docs = list(docs)
         self._require_built()
         with bilstm_crf_model.torch_threads(self.model, self._threads()):
+            emissions = self.model.predict(docs) if any(len(doc) for doc in docs) else []
             fixed = self._fixed(docs)
-            emissions = preset_features.predict(self.model, docs, fixed)
             predictions = self._predictions(docs, emissions, fixed)
             segments = bilstm_crf_model.doc_segments(self.model, docs)
             sets = presets.segment_candidates(fixed, segments, self.tag_names, self.cfg["scheme"])
@@ -275,7 +273,13 @@ class BiLSTMCRFTagger(TrainablePipe):
                 group.attrs["scores"] = numpy.asarray(probs, dtype="float32")
                 doc.spans[self.cfg["spans_key"]] = group
             if predictions.nbest is not None:
-                set_nbest(doc, predictions.nbest[i], self.labels, self.cfg, self._segments(doc))
+                set_nbest(
+                    doc,
+                    predictions.nbest[i],
+                    self.labels,
+                    self.cfg,
+                    self._segments(doc),
+                )
 
     def update(
         self,
@@ -285,8 +289,7 @@ class BiLSTMCRFTagger(TrainablePipe):
         sgd: Optimizer | None = None,
         losses: dict[str, float] | None = None,
     ) -> dict[str, float]:
-        """One step on the CRF negative log-likelihood, end to end through the tok2vec; a
-        model that reads presets is shown random gold ones (`random_presets.py`)."""
+        """One step on the CRF negative log-likelihood, end to end through the tok2vec."""
         if losses is None:
             losses = {}
         losses.setdefault(self.name, 0.0)
@@ -297,13 +300,8 @@ class BiLSTMCRFTagger(TrainablePipe):
         if not any(len(doc) for doc in docs):
             return losses
         set_dropout_rate(self.model, drop)
-        rates, sets = preset_features.training_rates(self.model), None
-        if rates is not None:
-            ids = [self._gold_ids(eg) for eg in examples]
-            sets = [random_presets(i, self.labels, self.cfg["scheme"], *rates) for i in ids]
         with bilstm_crf_model.torch_threads(self.model, self._threads()):
-            inputs = preset_features.model_input(self.model, docs, sets)
-            emissions, backprop = self.model.begin_update(inputs)
+            emissions, backprop = self.model.begin_update(docs)
             loss, d_emissions = self.get_loss(examples, emissions)
             backprop(d_emissions)
         if sgd is not None:

@@ -20,7 +20,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 
 from ..ml import bilstm_crf as bilstm_crf_model
-from ..ml import crf_ops, preset_features
+from ..ml import crf_ops
 from ..tag_sets import TagSets
 from . import presets
 from .analyses import best_analyses, entity_probs
@@ -134,7 +134,7 @@ def _analyses(
         taken[span.start : span.end] = True
     fixed_entities = [_entity(span, 1.0, source) for span, source in given]
     with bilstm_crf_model.torch_threads(model, pipe._threads()):
-        emissions = preset_features.predict(model, [doc], [allowed])  # a v2 model reads them
+        emissions = model.predict([doc])
         segments = bilstm_crf_model.doc_segments(model, [doc])
         sets = presets.segment_candidates([allowed], segments, pipe.tag_names, cfg["scheme"])
         try:
