@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lookup, sentences, entities = lookup_f1(args.corpus, lang)
             print(
                 f"Test F1: {100 * f1:.2f} ({args.scores}), trained on {sentences:,} sentences "
-                f"with {entities:,} entities; a lookup of those entities scores {100 * lookup:.2f}"
+                f"with {entities:,} entities; a lookup of those entities scores "
+                f"{100 * lookup:.2f}; the full data's F1: README.md, Results"
             )
         elif f1 is not None:
             print(f"Test F1: {100 * f1:.2f} ({args.scores})")
