@@ -23,7 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 READMES = {"README.md": ".", "benchmarks/README.md": "benchmarks"}
 HISTORICAL = ("## What was tried and did not pay", "## History")
 # Folders that commands write (gitignored) or that hold a user's data, not the repository's.
-MADE_BY_RUNS = ("corpus/", "training/", "metrics/", "annotation/", "packages/", "out/", "../")
+MADE_BY_RUNS = (
+    "corpus/",
+    "training/",
+    "metrics/",
+    "annotation/",
+    "packages/",
+    "out/",
+    "generated/",
+    "../",
+)
 RUN = re.compile(r"spacy project run (\S+) (\S+)((?: +\S+)*)")
 
 
