@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import label_studio_app
+from correction_propagation import Ent, cost, first_error, static_actions
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ("PER", "LOC", "ORG", "MISC")
@@ -46,41 +47,6 @@ CONFIG = (
     + "".join(f'<Label value="{label}"/>' for label in LABELS)
     + '</Labels><Text name="text" value="$text" granularity="word"/></View>'
 )
-Ent = tuple[int, int, str]
-
-
-def overlaps(a: tuple[int, int, str] | tuple[int, int], b: tuple) -> bool:
-    return a[0] < b[1] and b[0] < a[1]
-
-
-def first_error(pred: set[Ent], gold: set[Ent]) -> tuple[int, Ent | None, Ent | None] | None:
-    """The first discrepancy in reading order, with the predicted and gold entities it
-    concerns (a pair that overlap when there is one), or None (as in
-    `correction_propagation.py`)."""
-    spurious, missing = sorted(pred - gold), sorted(gold - pred)
-    wrong = sorted([(p[0], p[1], 0, p) for p in spurious] + [(g[0], g[1], 1, g) for g in missing])
-    if not wrong:
-        return None
-    start, _, kind, first = wrong[0]
-    if kind == 0:
-        return start, first, next((g for g in missing if overlaps(first, g)), None)
-    return start, next((p for p in spurious if overlaps(p, first)), None), first
-
-
-def cost(predicted: Ent | None, gold: Ent | None) -> int:
-    if predicted is not None and gold is not None:
-        return int(predicted[:2] != gold[:2]) + int(predicted[2] != gold[2])
-    return 1
-
-
-def static_actions(pred: set[Ent], gold: set[Ent]) -> int:
-    """Actions without re-decoding: each fix changes only the entity it is about."""
-    actions, pred = 0, set(pred)
-    while (error := first_error(pred, gold)) is not None:
-        _, p, g = error
-        actions += cost(p, g)
-        pred = (pred - {p}) | ({g} if g is not None else set())
-    return actions
 
 
 def context(
